@@ -1,0 +1,854 @@
+//! The message router: sessions, subscriptions, held connects, expiry and delivery.
+//!
+//! The broker knows nothing of HTTP. A transport decodes a request into a batch of
+//! [`Message`]s, calls [`Broker::handle`] with a [`RequestContext`], and writes out the
+//! [`Outcome`]. Locks are plain mutexes held for microseconds and never across an await;
+//! the lock order is session state, then the subscription tree, then the browser table.
+
+mod service;
+mod session;
+mod tree;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+pub use service::{ServiceCall, ServiceHandler, ServiceReply, echo};
+pub use tree::{SubscriberKey, SubscriptionTree};
+
+use crate::config::Config;
+use crate::protocol::message::server_disconnect;
+use crate::protocol::{
+    Advice, BAYEUX_VERSION, BayeuxError, Reconnect, ChannelClass, ChannelError, ChannelName, Delivery,
+    DirectMessage, Message, Reply,
+};
+use session::{Enqueued, HeldConnect, Session, SessionState, Wake};
+
+const HANDSHAKE: &str = "/meta/handshake";
+const CONNECT: &str = "/meta/connect";
+const SUBSCRIBE: &str = "/meta/subscribe";
+const UNSUBSCRIBE: &str = "/meta/unsubscribe";
+const DISCONNECT: &str = "/meta/disconnect";
+
+/// What a transport knows about the request that a batch came in.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// The `BAYEUX_BROWSER` cookie of the request, or the one the transport is about to set.
+    pub browser_id: Option<String>,
+    /// HTTP/2 and later: many requests share one connection, so the per-browser
+    /// long-poll limit does not apply.
+    pub multiplexed: bool,
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Messages to send back, in order, as one JSON array.
+    Reply(Response),
+    /// A newer connect of the same session took over this held one; the transport fails
+    /// the request (HTTP 500, BAYEUX.md 2.3).
+    Superseded,
+}
+
+/// The messages of one response: deliveries and replies, each already serialized.
+#[derive(Debug, Default)]
+pub struct Response {
+    /// Serialized messages in the order they go on the wire. Never empty.
+    pub messages: Vec<Bytes>,
+    /// Whether a handshake succeeded in this request (the transport then sets the cookie).
+    pub handshake_succeeded: bool,
+}
+
+/// Counters for operators.
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A snapshot of the broker's size and traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Live sessions.
+    pub sessions: usize,
+    /// (session, pattern) subscriptions.
+    pub subscriptions: usize,
+    /// Messages accepted for routing since start.
+    pub published: u64,
+    /// Copies queued to sessions since start.
+    pub delivered: u64,
+    /// Copies dropped by the queue overflow policy since start.
+    pub dropped: u64,
+}
+
+/// Why a session was removed; decides the advice its held connect gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// The client sent `/meta/disconnect`.
+    Disconnected,
+    /// No connect for interval + maxInterval.
+    Expired,
+    /// The server (an operator or the application) disconnected it.
+    Kicked,
+    /// Its queue overflowed under the `disconnect` policy.
+    Overflow,
+}
+
+struct Shared {
+    config: Config,
+    /// Transport names for the handshake reply: only the ones that really work.
+    connection_types: Vec<&'static str>,
+    /// Sessions by clientId.
+    sessions: RwLock<HashMap<Box<str>, Arc<Session>>>,
+    tree: RwLock<SubscriptionTree<Arc<Session>>>,
+    services: RwLock<HashMap<Box<str>, Arc<dyn ServiceHandler>>>,
+    /// Held connects per browser id, for the per-browser long-poll limit.
+    browsers: Mutex<HashMap<Box<str>, u32>>,
+    next_key: AtomicU64,
+    /// Zero of the broker's millisecond clock used for session deadlines.
+    epoch: Instant,
+    shutting_down: AtomicBool,
+    counters: Counters,
+}
+
+/// A handle to the broker. Cheap to clone; all clones share one broker.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("stats", &self.stats()).finish()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// A broker with `config`, advertising `connection_types` in handshake replies, with
+    /// the echo service on `/service/echo`.
+    pub fn new(config: Config, connection_types: &[&'static str]) -> Broker {
+        let broker = Broker {
+            shared: Arc::new(Shared {
+                config,
+                connection_types: connection_types.to_vec(),
+                sessions: RwLock::new(HashMap::new()),
+                tree: RwLock::new(SubscriptionTree::default()),
+                services: RwLock::new(HashMap::new()),
+                browsers: Mutex::new(HashMap::new()),
+                next_key: AtomicU64::new(1),
+                epoch: Instant::now(),
+                shutting_down: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
+        };
+        // A literal, valid name: registration cannot fail.
+        let _ = broker.register_service("/service/echo", echo);
+        broker
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Registers `handler` for the service channel `channel` (exact name, `/service/...`),
+    /// replacing any earlier one.
+    pub fn register_service(
+        &self,
+        channel: &str,
+        handler: impl ServiceHandler,
+    ) -> Result<(), ChannelError> {
+        let name = ChannelName::parse(channel)?;
+        if name.class() != ChannelClass::Service || name.wildcard().is_some() {
+            return Err(ChannelError::NotAbsolute);
+        }
+        write(&self.shared.services).insert(channel.into(), Arc::new(handler));
+        Ok(())
+    }
+
+    /// Processes one request's batch. Completes at once unless the batch is a lone
+    /// `/meta/connect` that has to be held.
+    pub async fn handle(&self, batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
+        if let Some(handshake) = batch.iter().find(|m| m.channel.as_deref() == Some(HANDSHAKE)) {
+            // A handshake must be alone; anything batched with it has no effect.
+            return Outcome::Reply(self.handshake(handshake, ctx));
+        }
+        let session = batch
+            .first()
+            .and_then(|m| m.client_id.as_deref())
+            .and_then(|id| self.find_session(id, ctx));
+        if let ([message], Some(session)) = (batch.as_slice(), &session)
+            && message.channel.as_deref() == Some(CONNECT)
+            && message.id_is_valid()
+        {
+            return self.connect_alone(session, message, ctx).await;
+        }
+        Outcome::Reply(self.process_batch(&batch, session.as_ref()))
+    }
+
+    /// Publishes `data` on `channel` from the server side. Returns how many sessions it
+    /// was queued for.
+    pub fn publish(&self, channel: &str, data: &Value) -> Result<usize, BayeuxError> {
+        let name = ChannelName::parse(channel).map_err(|_| BayeuxError::ChannelInvalid)?;
+        if name.wildcard().is_some() {
+            return Err(BayeuxError::ChannelInvalid);
+        }
+        if name.class() != ChannelClass::Broadcast {
+            return Err(BayeuxError::MetaPublishDenied);
+        }
+        let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::ChannelInvalid)?;
+        let bytes = Delivery {
+            channel,
+            data: &raw,
+            ext: None,
+            timestamp: None,
+        }
+        .encode();
+        Ok(self.fan_out(&name, bytes, None))
+    }
+
+    /// Removes the session `client_id` from the server side: its held connect is answered
+    /// with a `/meta/disconnect` message and `reconnect: none`. Returns false for an
+    /// unknown session.
+    pub fn disconnect(&self, client_id: &str) -> bool {
+        let session = read(&self.shared.sessions).get(client_id).cloned();
+        session.is_some_and(|s| self.remove_session(&s, Removal::Kicked))
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            sessions: read(&self.shared.sessions).len(),
+            subscriptions: read(&self.shared.tree).len(),
+            published: c.published.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every session whose deadline has passed. Returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let expired: Vec<Arc<Session>> = read(&self.shared.sessions)
+            .values()
+            .filter(|s| s.deadline() <= now)
+            .cloned()
+            .collect();
+        expired
+            .iter()
+            .filter(|s| self.remove_session(s, Removal::Expired))
+            .count()
+    }
+
+    /// Starts the one background task that expires sessions. It stops when every
+    /// `Broker` handle is dropped.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let period = Duration::from_millis(self.shared.config.sweep_interval);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let removed = Broker { shared }.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, "expired sessions swept");
+                }
+            }
+        })
+    }
+
+    /// Stops accepting handshakes and answers every held connect at once, telling its
+    /// client to handshake again (with this broker gone, at another instance).
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = read(&self.shared.sessions).values().cloned().collect();
+        for session in sessions {
+            if let Some(held) = session.lock().held.as_mut() {
+                held.wake(Wake::ShuttingDown);
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    fn find_session(&self, client_id: &str, ctx: &RequestContext) -> Option<Arc<Session>> {
+        let session = read(&self.shared.sessions).get(client_id).cloned()?;
+        if self.shared.config.strict_cookie_binding
+            && session.browser_id.as_deref() != ctx.browser_id.as_deref()
+        {
+            return None;
+        }
+        Some(session)
+    }
+
+    fn handshake(&self, message: &Message, ctx: &RequestContext) -> Response {
+        let config = &self.shared.config;
+        let mut reply = Reply::to(message);
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            reply.fail(BayeuxError::ServerUnavailable);
+            reply.advice = Some(Advice {
+                interval: Some(config.max_interval.max(1_000)),
+                ..Advice::HANDSHAKE
+            });
+            return single(reply.encode());
+        }
+        let client_id: Box<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let deadline = self.now_ms() + config.interval + config.max_interval;
+        let session = Arc::new(Session::new(
+            key,
+            client_id.clone(),
+            ctx.browser_id.as_deref().map(Into::into),
+            config.max_queue,
+            config.connect_only_delivery,
+            deadline,
+        ));
+        write(&self.shared.sessions).insert(client_id.clone(), session);
+        tracing::debug!(client_id = %client_id, "session created");
+        reply.client_id = Some(&client_id);
+        reply.version = Some(BAYEUX_VERSION);
+        reply.minimum_version = Some(BAYEUX_VERSION);
+        reply.supported_connection_types = Some(&self.shared.connection_types);
+        reply.advice = Some(Advice::retry(config.interval, config.timeout));
+        Response {
+            messages: vec![reply.encode()],
+            handshake_succeeded: true,
+        }
+    }
+
+    /// Every batch except a lone connect that may be held.
+    fn process_batch(&self, batch: &[Message], session: Option<&Arc<Session>>) -> Response {
+        let first_is_connect = batch.first().and_then(|m| m.channel.as_deref()) == Some(CONNECT);
+        // Deliveries caused by a non-connect request ride on its own response instead of
+        // waking the held connect (BAYEUX.md 2.1 rule 6).
+        let batching = session.filter(|_| !first_is_connect);
+        if let Some(s) = batching {
+            s.lock().batching += 1;
+            s.extend_deadline(self.now_ms() + self.shared.config.max_interval);
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut carried_connect = false;
+        for message in batch {
+            let reply = self.process_message(message, session, &mut carried_connect);
+            replies.push(reply);
+        }
+        let mut messages = Vec::new();
+        if let Some(s) = session {
+            let mut state = s.lock();
+            if batching.is_some() {
+                state.batching -= 1;
+            }
+            if state.removed.is_none() {
+                if carried_connect || !state.connect_only {
+                    state.queue.drain_into(&mut messages);
+                } else if !state.queue.is_empty() {
+                    state.wake_for_delivery();
+                }
+            }
+        }
+        messages.extend(replies);
+        Response {
+            messages,
+            handshake_succeeded: false,
+        }
+    }
+
+    fn process_message(
+        &self,
+        message: &Message,
+        session: Option<&Arc<Session>>,
+        carried_connect: &mut bool,
+    ) -> Bytes {
+        let Some(channel) = message.channel.as_deref() else {
+            return Reply::failed(message, BayeuxError::ChannelMissing).encode();
+        };
+        if !message.id_is_valid() {
+            return Reply::failed(message, BayeuxError::MessageIdInvalid).encode();
+        }
+        // The session comes from the batch's first message; a different clientId later
+        // in the batch is not that session (CometD).
+        let session = session.filter(|s| message.client_id.as_deref() == Some(&*s.client_id));
+        let Some(session) = session else {
+            let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
+            if channel == CONNECT {
+                reply.advice = Some(Advice::HANDSHAKE);
+            }
+            return reply.encode();
+        };
+        match channel {
+            CONNECT => {
+                *carried_connect = true;
+                let mut state = session.lock();
+                if let Some(reply) = self.connect_gone(message, &state) {
+                    return reply;
+                }
+                self.take_over_held_connect(&mut state);
+                state.connected = true;
+                self.connect_reply(session, &mut state, message, Ending::Open)
+            }
+            SUBSCRIBE => self.subscribe(message, session).encode(),
+            UNSUBSCRIBE => self.unsubscribe(message, session).encode(),
+            DISCONNECT => {
+                self.remove_session(session, Removal::Disconnected);
+                Reply::to(message).encode()
+            }
+            _ => self.publish_from(message, channel, session).encode(),
+        }
+    }
+
+    /// The 402 reply for a connect whose session was removed meanwhile.
+    fn connect_gone(&self, message: &Message, state: &SessionState) -> Option<Bytes> {
+        state.removed?;
+        let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
+        reply.advice = Some(Advice::HANDSHAKE);
+        Some(reply.encode())
+    }
+
+    /// Fails a held connect because a newer one of the same session arrived, freeing its
+    /// browser slot first so a page reload is not taken for a second tab.
+    fn take_over_held_connect(&self, state: &mut SessionState) {
+        if let Some(mut held) = state.held.take() {
+            held.wake(Wake::Superseded);
+            self.release_browser_slot(held.browser_slot.as_deref());
+        }
+    }
+
+    async fn connect_alone(
+        &self,
+        session: &Arc<Session>,
+        message: &Message,
+        ctx: &RequestContext,
+    ) -> Outcome {
+        let config = &self.shared.config;
+        let hold = message
+            .advice_ms("timeout")
+            .map_or(config.timeout, |t| t.min(config.timeout));
+        let (receiver, generation) = {
+            let mut state = session.lock();
+            if let Some(reply) = self.connect_gone(message, &state) {
+                return Outcome::Reply(single(reply));
+            }
+            self.take_over_held_connect(&mut state);
+            let first = !std::mem::replace(&mut state.connected, true);
+            let answer_now = first
+                || hold == 0
+                || !state.queue.is_empty()
+                || self.shared.shutting_down.load(Ordering::SeqCst);
+            if answer_now {
+                return Outcome::Reply(self.connect_response(session, &mut state, message, Ending::Open));
+            }
+            let browser_slot = match self.acquire_browser_slot(ctx) {
+                Ok(slot) => slot,
+                Err(()) => {
+                    return Outcome::Reply(self.multiple_clients(session, message));
+                }
+            };
+            let (waker, receiver) = oneshot::channel();
+            let generation = state.next_generation();
+            state.held = Some(HeldConnect {
+                generation,
+                waker: Some(waker),
+                browser_slot,
+            });
+            session.set_deadline(u64::MAX);
+            (receiver, generation)
+        };
+        // Whether the wait ends or the request is dropped (client abort), the guard lets go
+        // of the held connect; a superseded one was already taken over.
+        let guard = HeldGuard {
+            broker: self,
+            session,
+            generation,
+        };
+        let why = match tokio::time::timeout(Duration::from_millis(hold), receiver).await {
+            Ok(Ok(why)) => why,
+            Ok(Err(_)) | Err(_) => Wake::Deliver,
+        };
+        drop(guard);
+        if why == Wake::Superseded {
+            return Outcome::Superseded;
+        }
+        let mut state = session.lock();
+        let ending = match why {
+            Wake::ShuttingDown => Ending::Gone,
+            _ => Ending::after(state.removed),
+        };
+        Outcome::Reply(self.connect_response(session, &mut state, message, ending))
+    }
+
+    /// Lets go of held connect `generation` if it is still the session's; the session then
+    /// starts ageing towards expiry.
+    fn release_held(&self, session: &Session, state: &mut SessionState, generation: u64) {
+        if state.held.as_ref().is_some_and(|h| h.generation == generation) {
+            if let Some(held) = state.held.take() {
+                self.release_browser_slot(held.browser_slot.as_deref());
+            }
+            if state.removed.is_none() {
+                let config = &self.shared.config;
+                session.set_deadline(self.now_ms() + config.interval + config.max_interval);
+            }
+        }
+    }
+
+    /// Queued deliveries followed by the connect reply.
+    fn connect_response(
+        &self,
+        session: &Session,
+        state: &mut SessionState,
+        message: &Message,
+        ending: Ending,
+    ) -> Response {
+        let mut messages = Vec::with_capacity(state.queue.len() + 1);
+        state.queue.drain_into(&mut messages);
+        messages.push(self.connect_reply(session, state, message, ending));
+        Response {
+            messages,
+            handshake_succeeded: false,
+        }
+    }
+
+    /// The reply to a connect answered now, with full advice; it also restarts the
+    /// session's expiry clock.
+    fn connect_reply(
+        &self,
+        session: &Session,
+        state: &mut SessionState,
+        message: &Message,
+        ending: Ending,
+    ) -> Bytes {
+        let config = &self.shared.config;
+        let mut reply = Reply::to(message);
+        match ending {
+            Ending::Open => {
+                reply.advice = Some(Advice::retry(config.interval, config.timeout));
+                let dropped = state.queue.take_dropped();
+                if dropped > 0 {
+                    reply.ext = Some(serde_json::json!({ "halley": { "dropped": dropped } }));
+                }
+                if state.held.is_none() {
+                    let interval = message
+                        .advice_ms("interval")
+                        .map_or(config.interval, |i| i.min(10 * config.max_interval));
+                    session.set_deadline(self.now_ms() + interval + config.max_interval);
+                }
+            }
+            Ending::Stop => reply.advice = Some(Advice::NONE),
+            Ending::Gone => {
+                reply.fail(BayeuxError::SessionUnknown);
+                reply.advice = Some(Advice::HANDSHAKE);
+            }
+        }
+        reply.encode()
+    }
+
+    fn multiple_clients(&self, session: &Session, message: &Message) -> Response {
+        let config = &self.shared.config;
+        let mut reply = Reply::to(message);
+        if config.multi_session_interval > 0 {
+            let interval = config.multi_session_interval as u64;
+            reply.advice = Some(Advice {
+                reconnect: Reconnect::Retry,
+                interval: Some(interval),
+                timeout: None,
+                multiple_clients: Some(true),
+            });
+            session.set_deadline(self.now_ms() + interval + config.max_interval);
+        } else {
+            reply.successful = false;
+            reply.advice = Some(Advice {
+                multiple_clients: Some(true),
+                ..Advice::NONE
+            });
+        }
+        single(reply.encode())
+    }
+
+    /// Takes a long-poll slot of the request's browser. `Ok(None)`: no slot is needed.
+    fn acquire_browser_slot(&self, ctx: &RequestContext) -> Result<Option<Box<str>>, ()> {
+        let Some(browser) = ctx.browser_id.as_deref().filter(|_| !ctx.multiplexed) else {
+            return Ok(None);
+        };
+        let mut browsers = self.shared.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        let held = browsers.entry(browser.into()).or_insert(0);
+        if *held >= self.shared.config.max_sessions_per_browser {
+            if *held == 0 {
+                browsers.remove(browser);
+            }
+            return Err(());
+        }
+        *held += 1;
+        Ok(Some(browser.into()))
+    }
+
+    fn release_browser_slot(&self, browser: Option<&str>) {
+        let Some(browser) = browser else { return };
+        let mut browsers = self.shared.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = browsers.get_mut(browser) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                browsers.remove(browser);
+            }
+        }
+    }
+
+    /// The validated patterns of a subscribe or unsubscribe, in request order.
+    fn patterns<'m>(message: &'m Message) -> Result<Vec<ChannelName<'m>>, BayeuxError> {
+        let parse = |v: &'m Value| {
+            v.as_str()
+                .and_then(|s| ChannelName::parse(s).ok())
+                .ok_or(BayeuxError::SubscriptionInvalid)
+        };
+        match &message.subscription {
+            None => Err(BayeuxError::SubscriptionMissing),
+            Some(Value::Array(items)) if !items.is_empty() => items.iter().map(parse).collect(),
+            Some(single) => parse(single).map(|name| vec![name]),
+        }
+    }
+
+    fn subscribe<'m>(&self, message: &'m Message, session: &Arc<Session>) -> Reply<'m> {
+        let patterns = match Self::patterns(message) {
+            Ok(p) => p,
+            Err(e) => return Reply::failed(message, e),
+        };
+        if patterns.iter().any(|p| p.class() == ChannelClass::Meta) {
+            return Reply::failed(message, BayeuxError::MetaSubscribeDenied);
+        }
+        let mut state = session.lock();
+        if state.removed.is_some() {
+            return Reply::failed(message, BayeuxError::SessionUnknown);
+        }
+        // Service subscriptions succeed and record nothing (BAYEUX.md 1.4).
+        let fresh: Vec<&ChannelName<'_>> = patterns
+            .iter()
+            .filter(|p| p.class() == ChannelClass::Broadcast)
+            .filter(|p| !state.subscriptions.contains(p.as_str()))
+            .collect();
+        if state.subscriptions.len() + fresh.len() > self.shared.config.max_subscriptions {
+            return Reply::failed(message, BayeuxError::SubscriptionLimit);
+        }
+        let mut tree = write(&self.shared.tree);
+        for pattern in fresh {
+            if state.subscriptions.insert(pattern.as_str().into()) {
+                tree.insert(pattern, session.key, session.clone());
+            }
+        }
+        Reply::to(message)
+    }
+
+    fn unsubscribe<'m>(&self, message: &'m Message, session: &Session) -> Reply<'m> {
+        let patterns = match Self::patterns(message) {
+            Ok(p) => p,
+            Err(e) => return Reply::failed(message, e),
+        };
+        if patterns.iter().any(|p| p.class() == ChannelClass::Meta) {
+            return Reply::failed(message, BayeuxError::UnsubscribeFailed);
+        }
+        let mut state = session.lock();
+        if state.removed.is_some() {
+            return Reply::failed(message, BayeuxError::SessionUnknown);
+        }
+        let mut tree = write(&self.shared.tree);
+        for pattern in &patterns {
+            if state.subscriptions.remove(pattern.as_str()) {
+                tree.remove(pattern, session.key);
+            }
+        }
+        Reply::to(message)
+    }
+
+    fn publish_from<'m>(&self, message: &'m Message, channel: &str, session: &Arc<Session>) -> Reply<'m> {
+        let name = match ChannelName::parse(channel) {
+            Ok(name) if name.wildcard().is_none() => name,
+            _ => return Reply::failed(message, BayeuxError::ChannelInvalid),
+        };
+        match name.class() {
+            ChannelClass::Meta => Reply::failed(message, BayeuxError::MetaPublishDenied),
+            ChannelClass::Service => self.call_service(message, channel, session),
+            ChannelClass::Broadcast => {
+                let bytes = Delivery::of(channel, message).encode();
+                let publisher = Some(&**session).filter(|_| !self.shared.config.broadcast_to_publisher);
+                self.fan_out(&name, bytes, publisher);
+                Reply::to(message)
+            }
+        }
+    }
+
+    /// Queues `bytes` for every session subscribed to `channel` except `skip`. Returns how
+    /// many sessions it was queued for.
+    fn fan_out(&self, channel: &ChannelName<'_>, bytes: Bytes, skip: Option<&Session>) -> usize {
+        let counters = &self.shared.counters;
+        counters.published.fetch_add(1, Ordering::Relaxed);
+        let targets = read(&self.shared.tree).matches(channel);
+        let policy = self.shared.config.queue_overflow;
+        let mut queued = 0;
+        let mut overflowed = Vec::new();
+        for session in targets {
+            if skip.is_some_and(|s| s.key == session.key) {
+                continue;
+            }
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                continue;
+            }
+            match state.queue.push(bytes.clone(), policy) {
+                Enqueued::Queued => queued += 1,
+                Enqueued::DroppedOldest => {
+                    queued += 1;
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client_id = %session.client_id, "queue full: dropped the oldest delivery");
+                }
+                Enqueued::Overflow => {
+                    drop(state);
+                    overflowed.push(session);
+                    continue;
+                }
+            }
+            state.wake_for_delivery();
+        }
+        for session in overflowed {
+            tracing::warn!(client_id = %session.client_id, "queue full: session disconnected");
+            self.remove_session(&session, Removal::Overflow);
+        }
+        counters.delivered.fetch_add(queued as u64, Ordering::Relaxed);
+        queued
+    }
+
+    fn call_service<'m>(&self, message: &'m Message, channel: &str, session: &Session) -> Reply<'m> {
+        let handler = read(&self.shared.services).get(channel).cloned();
+        let Some(handler) = handler else {
+            return Reply::to(message);
+        };
+        let call = ServiceCall {
+            channel,
+            client_id: &session.client_id,
+            data: message.data.as_deref(),
+        };
+        let answer = match catch_unwind(AssertUnwindSafe(|| handler.call(&call))) {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::error!(channel, "service handler panicked");
+                return Reply::failed(message, BayeuxError::HandlerFailed);
+            }
+        };
+        let (successful, data) = match answer {
+            ServiceReply::Silent => return Reply::to(message),
+            ServiceReply::Answer(data) => (true, data),
+            ServiceReply::Failure(data) => (false, data),
+        };
+        let direct = DirectMessage {
+            id: message.id.as_deref(),
+            channel,
+            successful: Some(successful),
+            data: &data,
+        }
+        .encode();
+        let mut state = session.lock();
+        // An answer the caller waits for is not subject to the overflow policy.
+        state.queue.push_unbounded(direct);
+        state.wake_for_delivery();
+        Reply::to(message)
+    }
+
+    /// Removes a session for good. Returns false if it was already gone (or, for expiry,
+    /// has been revived by a connect since the sweeper looked).
+    fn remove_session(&self, session: &Arc<Session>, why: Removal) -> bool {
+        let mut state = session.lock();
+        if state.removed.is_some() || (why == Removal::Expired && session.deadline() > self.now_ms()) {
+            return false;
+        }
+        state.removed = Some(why);
+        {
+            let mut sessions = write(&self.shared.sessions);
+            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(&session.client_id);
+            }
+        }
+        let subscriptions = std::mem::take(&mut state.subscriptions);
+        if !subscriptions.is_empty() {
+            let mut tree = write(&self.shared.tree);
+            for pattern in subscriptions.iter() {
+                if let Ok(name) = ChannelName::parse(pattern) {
+                    tree.remove(&name, session.key);
+                }
+            }
+        }
+        if why == Removal::Kicked {
+            state.queue.push_unbounded(server_disconnect());
+        }
+        match state.held.as_mut() {
+            Some(held) => held.wake(Wake::Removed),
+            None => {
+                let mut gone = Vec::new();
+                state.queue.drain_into(&mut gone);
+            }
+        }
+        tracing::debug!(client_id = %session.client_id, reason = ?why, "session removed");
+        true
+    }
+}
+
+/// How a connect reply ends the client's connect loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The session lives on: `retry` with full advice.
+    Open,
+    /// The client or the server ended the session: `reconnect: none`.
+    Stop,
+    /// The session is gone but the client may come back: 402 with `handshake` advice.
+    Gone,
+}
+
+impl Ending {
+    fn after(removal: Option<Removal>) -> Ending {
+        match removal {
+            None => Ending::Open,
+            Some(Removal::Disconnected | Removal::Kicked) => Ending::Stop,
+            Some(Removal::Expired | Removal::Overflow) => Ending::Gone,
+        }
+    }
+}
+
+/// Cleans up a held connect whose request was dropped (client abort, server shutdown).
+struct HeldGuard<'a> {
+    broker: &'a Broker,
+    session: &'a Arc<Session>,
+    generation: u64,
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.session.lock();
+        self.broker.release_held(self.session, &mut state, self.generation);
+    }
+}
+
+fn single(message: Bytes) -> Response {
+    Response {
+        messages: vec![message],
+        handshake_succeeded: false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! The channel subscription tree shared by all sessions.
+//!
+//! One node per channel segment; each node keeps its exact, `*` and `**` subscribers.
+//! Finding who receives a publish walks one path from the root, so it costs the channel's
+//! depth plus the number of matches, never the number of subscriptions (BAYEUX.md 1.5).
+
+use std::collections::HashMap;
+
+use crate::protocol::{ChannelName, Wildcard};
+
+/// Identifies a subscriber; used to store it once per node and to de-duplicate matches.
+pub type SubscriberKey = u64;
+
+/// Who is subscribed to what. `V` is what a match yields (the broker stores its sessions).
+#[derive(Debug)]
+pub struct SubscriptionTree<V> {
+    root: Node<V>,
+    count: usize,
+}
+
+#[derive(Debug)]
+struct Node<V> {
+    children: HashMap<Box<str>, Node<V>>,
+    /// Subscribers of exactly this channel.
+    exact: HashMap<SubscriberKey, V>,
+    /// Subscribers of `<this>/*`.
+    one: HashMap<SubscriberKey, V>,
+    /// Subscribers of `<this>/**`.
+    many: HashMap<SubscriberKey, V>,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            exact: HashMap::new(),
+            one: HashMap::new(),
+            many: HashMap::new(),
+        }
+    }
+}
+
+impl<V> Node<V> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.exact.is_empty() && self.one.is_empty() && self.many.is_empty()
+    }
+
+    fn set_mut(&mut self, wildcard: Option<Wildcard>) -> &mut HashMap<SubscriberKey, V> {
+        match wildcard {
+            None => &mut self.exact,
+            Some(Wildcard::One) => &mut self.one,
+            Some(Wildcard::Many) => &mut self.many,
+        }
+    }
+}
+
+impl<V> Default for SubscriptionTree<V> {
+    fn default() -> Self {
+        SubscriptionTree {
+            root: Node::default(),
+            count: 0,
+        }
+    }
+}
+
+impl<V: Clone> SubscriptionTree<V> {
+    /// Subscribes `key` to `pattern`. Returns false when it already was.
+    pub fn insert(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey, value: V) -> bool {
+        let mut node = &mut self.root;
+        for segment in path_of(pattern) {
+            node = node.children.entry(segment.into()).or_default();
+        }
+        let added = node.set_mut(pattern.wildcard()).insert(key, value).is_none();
+        self.count += usize::from(added);
+        added
+    }
+
+    /// Unsubscribes `key` from `pattern`, pruning nodes left empty. Returns false when it
+    /// was not subscribed.
+    pub fn remove(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey) -> bool {
+        let path: Vec<&str> = path_of(pattern).collect();
+        let removed = remove_at(&mut self.root, &path, pattern.wildcard(), key);
+        self.count -= usize::from(removed);
+        removed
+    }
+
+    /// Everyone who receives a publish on the concrete channel `channel`, each once.
+    pub fn matches(&self, channel: &ChannelName<'_>) -> Vec<V> {
+        let mut found: Vec<(SubscriberKey, &V)> = Vec::new();
+        let segments: Vec<&str> = channel.segments().collect();
+        let mut node = &self.root;
+        let last = segments.len() - 1;
+        let mut reached_leaf = true;
+        for (depth, segment) in segments.iter().enumerate() {
+            found.extend(node.many.iter().map(|(k, v)| (*k, v)));
+            if depth == last {
+                found.extend(node.one.iter().map(|(k, v)| (*k, v)));
+            }
+            match node.children.get(*segment) {
+                Some(child) => node = child,
+                None => {
+                    reached_leaf = false;
+                    break;
+                }
+            }
+        }
+        if reached_leaf {
+            found.extend(node.exact.iter().map(|(k, v)| (*k, v)));
+        }
+        found.sort_unstable_by_key(|(k, _)| *k);
+        found.dedup_by_key(|(k, _)| *k);
+        found.into_iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// How many (subscriber, pattern) pairs the tree holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether nobody is subscribed to anything.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The tree path of a pattern: its segments without the trailing wildcard.
+fn path_of<'a>(pattern: &ChannelName<'a>) -> impl Iterator<Item = &'a str> + use<'a> {
+    let skip_last = pattern.wildcard().is_some();
+    let count = pattern.segments().count() - usize::from(skip_last);
+    pattern.segments().take(count)
+}
+
+/// Recursion depth is bounded by `channel::MAX_SEGMENTS`.
+fn remove_at<V>(node: &mut Node<V>, path: &[&str], wildcard: Option<Wildcard>, key: SubscriberKey) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return node.set_mut(wildcard).remove(&key).is_some();
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove_at(child, rest, wildcard, key);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ChannelName<'_> {
+        ChannelName::parse(s).expect("valid")
+    }
+
+    fn matching(tree: &SubscriptionTree<SubscriberKey>, channel: &str) -> Vec<SubscriberKey> {
+        tree.matches(&name(channel))
+    }
+
+    #[test]
+    fn matches_exact_parent_star_and_ancestor_double_star() {
+        let mut tree = SubscriptionTree::default();
+        let subs = [
+            (1, "/a/b/c"),
+            (2, "/a/b/*"),
+            (3, "/a/b/**"),
+            (4, "/a/**"),
+            (5, "/**"),
+            (6, "/a/*"),
+            (7, "/a/b/c/d"),
+            (8, "/a/b"),
+            (9, "/x/**"),
+        ];
+        for (key, pattern) in subs {
+            assert!(tree.insert(&name(pattern), key, key));
+        }
+        assert_eq!(matching(&tree, "/a/b/c"), vec![1, 2, 3, 4, 5]);
+        assert_eq!(matching(&tree, "/a/b"), vec![4, 5, 6, 8]);
+        assert_eq!(matching(&tree, "/a"), vec![5]);
+        assert_eq!(matching(&tree, "/a/zz/c"), vec![4, 5]);
+        assert_eq!(matching(&tree, "/q"), vec![5]);
+    }
+
+    #[test]
+    fn one_copy_per_subscriber_with_overlapping_patterns() {
+        let mut tree = SubscriptionTree::default();
+        for pattern in ["/a/*", "/a/**", "/a/b", "/**"] {
+            tree.insert(&name(pattern), 42, 42);
+        }
+        assert_eq!(matching(&tree, "/a/b"), vec![42]);
+        assert_eq!(tree.len(), 4);
+    }
+
+    #[test]
+    fn insert_is_idempotent_and_remove_prunes() {
+        let mut tree = SubscriptionTree::default();
+        assert!(tree.insert(&name("/a/b/c"), 1, 1));
+        assert!(!tree.insert(&name("/a/b/c"), 1, 1));
+        assert_eq!(tree.len(), 1);
+        assert!(tree.remove(&name("/a/b/c"), 1));
+        assert!(!tree.remove(&name("/a/b/c"), 1));
+        assert!(!tree.remove(&name("/never/there"), 1));
+        assert!(tree.is_empty());
+        assert!(tree.root.is_empty(), "empty nodes are pruned");
+        tree.insert(&name("/a/**"), 1, 1);
+        tree.insert(&name("/a/b"), 2, 2);
+        tree.remove(&name("/a/**"), 1);
+        assert_eq!(matching(&tree, "/a/b"), vec![2]);
+        assert!(tree.root.children.contains_key("a"));
+    }
+
+    #[test]
+    fn agrees_with_single_pattern_matching() {
+        let patterns = ["/a", "/a/*", "/a/**", "/a/b", "/a/b/*", "/a/b/**", "/*", "/**", "/b/*"];
+        let channels = ["/a", "/b", "/a/b", "/a/c", "/a/b/c", "/a/b/c/d", "/b/a", "/ab"];
+        let mut tree = SubscriptionTree::default();
+        for (key, p) in patterns.iter().enumerate() {
+            tree.insert(&name(p), key as u64, key as u64);
+        }
+        for c in channels {
+            let expected: Vec<u64> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| name(p).matches(&name(c)))
+                .map(|(k, _)| k as u64)
+                .collect();
+            assert_eq!(matching(&tree, c), expected, "{c}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Configuration: defaults, a TOML file, then command-line flags and their `HALLEY_*`
+//! environment twins, in increasing precedence.
+//!
+//! All durations are milliseconds, as in Bayeux advice.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// What to do when a session's queue is full (BAYEUX.md 5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued delivery and tell the client how many were dropped
+    /// (`ext.halley.dropped` on its next connect reply).
+    DropOldest,
+    /// Remove the session; its held connect is answered with `reconnect: handshake`.
+    Disconnect,
+}
+
+/// Every setting of the broker and its HTTP server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port the HTTP server binds.
+    pub listen: SocketAddr,
+    /// URL path the Bayeux endpoint is mounted at.
+    pub path: String,
+    /// How long a `/meta/connect` is held, ms (advice `timeout`).
+    pub timeout: u64,
+    /// Pause clients make between connects, ms (advice `interval`).
+    pub interval: u64,
+    /// How long a session lives without a connect, ms.
+    pub max_interval: u64,
+    /// How often expired sessions are swept, ms.
+    pub sweep_interval: u64,
+    /// Most deliveries queued per session.
+    pub max_queue: usize,
+    /// What happens when a queue is full.
+    pub queue_overflow: OverflowPolicy,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Held connects allowed per browser (`BAYEUX_BROWSER` cookie) on HTTP/1.1.
+    pub max_sessions_per_browser: u32,
+    /// Polling interval advised to a browser over its long-poll limit, ms; 0 or less
+    /// tells that client to stop instead.
+    pub multi_session_interval: i64,
+    /// Deliveries ride only on `/meta/connect` replies (CometD's `metaConnectDeliverOnly`).
+    pub connect_only_delivery: bool,
+    /// A clientId is only found with the `BAYEUX_BROWSER` cookie it was created under.
+    pub strict_cookie_binding: bool,
+    /// A subscribed publisher receives its own publishes.
+    pub broadcast_to_publisher: bool,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/cometd".into(),
+            timeout: 30_000,
+            interval: 0,
+            max_interval: 10_000,
+            sweep_interval: 1_000,
+            max_queue: 1_000,
+            queue_overflow: OverflowPolicy::DropOldest,
+            max_subscriptions: 1_000,
+            max_body_bytes: 64 * 1024,
+            max_sessions_per_browser: 1,
+            multi_session_interval: 2_000,
+            connect_only_delivery: false,
+            strict_cookie_binding: false,
+            broadcast_to_publisher: true,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// `halley` command line. Every flag overrides the config file; every flag has an
+/// environment twin.
+#[derive(Debug, Default, Parser)]
+#[command(name = "halley", version, about = "A Bayeux (CometD) pub/sub broker")]
+pub struct Args {
+    /// TOML config file; its keys are the flag names in snake_case.
+    #[arg(long, env = "HALLEY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 0.0.0.0:8080].
+    #[arg(long, env = "HALLEY_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// URL path of the Bayeux endpoint [default: /cometd].
+    #[arg(long, env = "HALLEY_PATH")]
+    pub path: Option<String>,
+    /// How long a /meta/connect is held waiting for messages, ms [default: 30000].
+    #[arg(long, env = "HALLEY_TIMEOUT", value_name = "MS")]
+    pub timeout: Option<u64>,
+    /// Pause advised between connects, ms [default: 0].
+    #[arg(long, env = "HALLEY_INTERVAL", value_name = "MS")]
+    pub interval: Option<u64>,
+    /// How long a session survives without a connect before it expires, ms [default: 10000].
+    #[arg(long, env = "HALLEY_MAX_INTERVAL", value_name = "MS")]
+    pub max_interval: Option<u64>,
+    /// How often expired sessions are swept, ms [default: 1000].
+    #[arg(long, env = "HALLEY_SWEEP_INTERVAL", value_name = "MS")]
+    pub sweep_interval: Option<u64>,
+    /// Most messages queued per session before the overflow policy applies [default: 1000].
+    #[arg(long, env = "HALLEY_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<usize>,
+    /// What to do when a session's queue is full [default: drop-oldest].
+    #[arg(long, env = "HALLEY_QUEUE_OVERFLOW", value_enum)]
+    pub queue_overflow: Option<OverflowPolicy>,
+    /// Most subscriptions one session may hold [default: 1000].
+    #[arg(long, env = "HALLEY_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Largest request body accepted, bytes; larger ones get HTTP 413 [default: 65536].
+    #[arg(long, env = "HALLEY_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Long polls held at once per browser on HTTP/1.1 [default: 1].
+    #[arg(long, env = "HALLEY_MAX_SESSIONS_PER_BROWSER", value_name = "N")]
+    pub max_sessions_per_browser: Option<u32>,
+    /// Polling interval advised to a browser over its long-poll limit, ms; <= 0 tells it
+    /// to stop [default: 2000].
+    #[arg(long, env = "HALLEY_MULTI_SESSION_INTERVAL", value_name = "MS", allow_negative_numbers = true)]
+    pub multi_session_interval: Option<i64>,
+    /// Deliver messages only on /meta/connect replies, never piggybacked on other replies.
+    #[arg(long, env = "HALLEY_CONNECT_ONLY_DELIVERY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub connect_only_delivery: Option<bool>,
+    /// Find a session only with the BAYEUX_BROWSER cookie it was created under.
+    #[arg(long, env = "HALLEY_STRICT_COOKIE_BINDING", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub strict_cookie_binding: Option<bool>,
+    /// Deliver a subscribed publisher's own messages back to it [default: true].
+    #[arg(long, env = "HALLEY_BROADCAST_TO_PUBLISHER", value_name = "BOOL")]
+    pub broadcast_to_publisher: Option<bool>,
+    /// Log level or tracing filter directive [default: info].
+    #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from the config file named in `args` (if any) and the
+    /// flags, then checks it.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => {$(
+                if let Some(value) = args.$field { config.$field = value; }
+            )*};
+        }
+        apply!(
+            listen,
+            path,
+            timeout,
+            interval,
+            max_interval,
+            sweep_interval,
+            max_queue,
+            queue_overflow,
+            max_subscriptions,
+            max_body_bytes,
+            max_sessions_per_browser,
+            multi_session_interval,
+            connect_only_delivery,
+            strict_cookie_binding,
+            broadcast_to_publisher,
+            log_level
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &PathBuf) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Rejects values that would make the broker misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !self.path.starts_with('/') || (self.path.len() > 1 && self.path.ends_with('/')) {
+            return invalid("path must start with '/' and not end with '/'");
+        }
+        if self.sweep_interval == 0 || self.sweep_interval > 60_000 {
+            return invalid("sweep_interval must be between 1 and 60000 ms");
+        }
+        if self.max_queue == 0 {
+            return invalid("max_queue must be at least 1");
+        }
+        if self.max_body_bytes < 256 {
+            return invalid("max_body_bytes must be at least 256");
+        }
+        if self.timeout > 24 * 3_600_000 || self.max_interval > 24 * 3_600_000 {
+            return invalid("timeout and max_interval must be at most 24 hours");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("halley-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("halley.toml");
+        std::fs::write(&file, "timeout = 5000\nmax_queue = 7\nqueue_overflow = \"disconnect\"\n")
+            .expect("write");
+        let args = Args::try_parse_from(["halley", "--config", file.to_str().expect("utf8"), "--max-queue", "9"])
+            .expect("args");
+        let config = Config::load(args).expect("config");
+        assert_eq!(config.timeout, 5000);
+        assert_eq!(config.max_queue, 9);
+        assert_eq!(config.queue_overflow, OverflowPolicy::Disconnect);
+        assert_eq!(config.path, "/cometd");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Config>("tiemout = 1").is_err());
+        let args = Args::try_parse_from(["halley", "--path", "cometd"]).expect("args");
+        assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn boolean_flags_work_bare_and_with_values() {
+        let args = Args::try_parse_from(["halley", "--connect-only-delivery", "--strict-cookie-binding=false"])
+            .expect("args");
+        let config = Config::load(args).expect("config");
+        assert!(config.connect_only_delivery);
+        assert!(!config.strict_cookie_binding);
+    }
+}

@@ -1,0 +1,24 @@
+//! Halley: a Bayeux 1.0 (CometD) publish/subscribe broker.
+//!
+//! Existing CometD, dojox.cometd, Faye and aiocometd clients talk to it unchanged. The
+//! crate is laid out in layers that only depend downwards:
+//!
+//! - [`protocol`]: the wire model — messages, replies, advice, channel names, error
+//!   strings. Pure data, no I/O.
+//! - [`broker`]: sessions, the subscription tree, per-session queues, held connects,
+//!   expiry and routing. Knows nothing of HTTP.
+//! - [`transport`]: one file per Bayeux transport, adapting HTTP requests to broker
+//!   batches and back.
+//! - [`server`]: the axum router, binding and graceful shutdown.
+//! - [`config`]: every setting, from defaults, a TOML file, flags and environment.
+//!
+//! The `halley` binary is a thin wrapper over [`server::run`].
+
+pub mod broker;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod transport;
+
+pub use broker::{Broker, RequestContext};
+pub use config::Config;

@@ -1,0 +1,76 @@
+//! Bayeux error strings (`code:args:message`, BAYEUX.md 2.8).
+//!
+//! These travel inside `successful:false` replies with HTTP 200; they are not transport
+//! errors. The strings are CometD 8's, because clients and operators know them.
+
+use thiserror::Error;
+
+/// A Bayeux-level failure of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BayeuxError {
+    /// The message has no `channel`.
+    #[error("400::channel_missing")]
+    ChannelMissing,
+    /// Unknown, expired or disconnected session, or a clientId that differs within a batch.
+    #[error("402::session_unknown")]
+    SessionUnknown,
+    /// A subscribe or unsubscribe without `subscription`.
+    #[error("403::subscription_missing")]
+    SubscriptionMissing,
+    /// A `subscription` that is not a valid name or is not a string.
+    #[error("403::subscription_invalid")]
+    SubscriptionInvalid,
+    /// A subscription to a `/meta/` channel.
+    #[error("403:denied_by_security_policy:create_denied")]
+    MetaSubscribeDenied,
+    /// An unsubscribe from a `/meta/` channel.
+    #[error("403::unsubscribe_failed")]
+    UnsubscribeFailed,
+    /// A publish to a `/meta/` channel that is not one of the protocol's.
+    #[error("403:denied_by_security_policy:channel_create_denied")]
+    MetaPublishDenied,
+    /// A session holds as many subscriptions as it may.
+    #[error("403:subscription_limit:subscribe_denied")]
+    SubscriptionLimit,
+    /// A malformed channel name, or a publish to a wildcard.
+    #[error("405::channel_invalid")]
+    ChannelInvalid,
+    /// An `id` that is neither a short string nor a number.
+    #[error("405::message_id_invalid")]
+    MessageIdInvalid,
+    /// The broker is shutting down and takes no new sessions.
+    #[error("503::server_unavailable")]
+    ServerUnavailable,
+    /// A server-side service handler failed while handling the message.
+    #[error("500::handler_failed")]
+    HandlerFailed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_string_has_three_parts_and_a_code() {
+        for e in [
+            BayeuxError::ChannelMissing,
+            BayeuxError::SessionUnknown,
+            BayeuxError::SubscriptionMissing,
+            BayeuxError::SubscriptionInvalid,
+            BayeuxError::MetaSubscribeDenied,
+            BayeuxError::UnsubscribeFailed,
+            BayeuxError::MetaPublishDenied,
+            BayeuxError::SubscriptionLimit,
+            BayeuxError::ChannelInvalid,
+            BayeuxError::MessageIdInvalid,
+            BayeuxError::HandlerFailed,
+            BayeuxError::ServerUnavailable,
+        ] {
+            let text = e.to_string();
+            let parts: Vec<_> = text.splitn(3, ':').collect();
+            assert_eq!(parts.len(), 3, "{text}");
+            assert!(parts[0].len() == 3 && parts[0].bytes().all(|b| b.is_ascii_digit()));
+            assert!(!parts[2].is_empty());
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The HTTP server: the router over the broker, binding, and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::any;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::transport::{CONNECTION_TYPES, long_polling};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(#[from] io::Error),
+}
+
+/// The whole HTTP application for `broker`: the Bayeux endpoint at the configured path,
+/// everything below it, and nothing else.
+pub fn app(broker: Broker) -> Router {
+    let config = broker.config();
+    let path = config.path.trim_end_matches('/');
+    let limit = DefaultBodyLimit::max(config.max_body_bytes);
+    let endpoint = any(long_polling::endpoint);
+    let router = if path.is_empty() {
+        Router::new().route("/", endpoint.clone()).route("/{*rest}", endpoint)
+    } else {
+        Router::new()
+            .route(path, endpoint.clone())
+            .route(&format!("{path}/"), endpoint.clone())
+            .route(&format!("{path}/{{*rest}}"), endpoint)
+    };
+    router.layer(limit).layer(TraceLayer::new_for_http()).with_state(broker)
+}
+
+/// A broker built from `config` with the transports this build serves.
+pub fn broker(config: Config) -> Broker {
+    Broker::new(config, CONNECTION_TYPES)
+}
+
+/// Serves `broker` on `listener` until `shutdown` completes; then answers every held
+/// connect and finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let sweeper = broker.spawn_sweeper();
+    let draining = broker.clone();
+    let result = axum::serve(listener, app(broker))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering held connects");
+            draining.shutdown();
+        })
+        .await;
+    sweeper.abort();
+    Ok(result?)
+}
+
+/// Binds the configured address, announces it on stdout, and serves until SIGINT or
+/// SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when listening on port 0.
+    println!("halley listening on http://{local}{}", config.path);
+    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, "halley started");
+    serve(listener, broker(config), shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,183 @@
+//! HTTP transports: each file adapts one Bayeux transport's envelope to the broker.
+//!
+//! A transport only decodes a request into a batch of messages, hands it to
+//! [`crate::broker::Broker::handle`] and encodes the outcome. Everything they share, from
+//! body decoding to the `BAYEUX_BROWSER` cookie, lives here.
+
+pub mod long_polling;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::protocol::{DecodeError, Message, decode_batch};
+
+/// The transports this build really serves, as advertised in handshake replies.
+/// `websocket` is absent on purpose: clients switch to anything listed.
+pub const CONNECTION_TYPES: &[&str] = &["long-polling"];
+
+/// Name of the cookie that identifies a browser across its tabs (BAYEUX.md 4.7).
+pub const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
+
+/// Why a request was refused before reaching the broker. Each is an HTTP 4xx with a
+/// plain-text explanation; the broker and every other client are unaffected.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The body or `message` parameter is not a Bayeux batch.
+    #[error("bad Bayeux request: {0}")]
+    Decode(#[from] DecodeError),
+    /// A websocket upgrade while that transport is not offered; fails fast so clients
+    /// fall back to long-polling at once.
+    #[error("the websocket transport is not enabled on this server; use long-polling")]
+    WebSocketRefused,
+    /// A GET with no `message` parameter.
+    #[error("a GET request must carry a message parameter")]
+    NoMessage,
+}
+
+impl IntoResponse for TransportError {
+    fn into_response(self) -> Response {
+        tracing::debug!(error = %self, "request refused");
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Decodes a POST body according to its Content-Type (BAYEUX.md 4.2): JSON for
+/// `application/json` and `text/json`; `message=` parameters for form bodies; and for
+/// `text/plain`, no type or anything else, form when the body starts with `message=`.
+pub fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    let mime = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let form = match mime.as_str() {
+        "application/x-www-form-urlencoded" => true,
+        "application/json" | "text/json" => false,
+        _ => body.starts_with(b"message="),
+    };
+    if form {
+        decode_form(body)
+    } else {
+        let mut batch = Vec::new();
+        decode_batch(body, &mut batch)?;
+        Ok(batch)
+    }
+}
+
+/// Decodes every `message` parameter of a form body or query string, in order, into one
+/// batch. Other parameters are ignored.
+pub fn decode_form(form: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    let mut batch = Vec::new();
+    for (key, value) in form_urlencoded::parse(form) {
+        if key == "message" {
+            decode_batch(value.as_bytes(), &mut batch)?;
+        }
+    }
+    if batch.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(batch)
+}
+
+/// Joins serialized messages into one JSON array.
+pub fn json_array(messages: &[Bytes]) -> Vec<u8> {
+    let size = messages.iter().map(Bytes::len).sum::<usize>() + messages.len() + 2;
+    let mut body = Vec::with_capacity(size);
+    body.push(b'[');
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(message);
+    }
+    body.push(b']');
+    body
+}
+
+/// The `BAYEUX_BROWSER` cookie of a request, if it has a sane one.
+pub fn browser_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(str::to_string)
+}
+
+/// A fresh browser id: 80 random bits in base 36.
+pub fn new_browser_id() -> String {
+    let mut n: u128 = rand::random::<u128>() >> 48;
+    let mut id = Vec::with_capacity(16);
+    while n > 0 || id.is_empty() {
+        id.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    String::from_utf8(id).unwrap_or_default()
+}
+
+/// The `Set-Cookie` value that gives a browser its id.
+pub fn browser_set_cookie(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{BROWSER_COOKIE}={id}; Path=/; HttpOnly")).ok()
+}
+
+/// Whether a request asks to upgrade to a websocket.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_decoded_by_content_type() {
+        let json = br#"[{"channel":"/a","id":"1"}]"#;
+        let form = b"message=%5B%7B%22channel%22%3A%22%2Fa%22%7D%5D&message=%7B%22channel%22%3A%22%2Fb%22%7D";
+        for ty in [
+            Some("application/json"),
+            Some("application/json;charset=UTF-8"),
+            Some("Application/JSON ; charset=utf-8"),
+            Some("text/json"),
+            Some("text/plain;charset=UTF-8"),
+            None,
+        ] {
+            assert_eq!(decode_body(ty, json).expect("json").len(), 1, "{ty:?}");
+        }
+        for ty in [Some("application/x-www-form-urlencoded"), Some("text/plain;charset=UTF-8"), None] {
+            let batch = decode_body(ty, form).expect("form");
+            let channels: Vec<_> = batch.iter().map(|m| m.channel.as_deref()).collect();
+            assert_eq!(channels, vec![Some("/a"), Some("/b")], "{ty:?}");
+        }
+        assert!(decode_body(Some("application/x-www-form-urlencoded"), b"other=1").is_err());
+        assert!(decode_body(Some("application/json"), b"message=[]").is_err());
+    }
+
+    #[test]
+    fn arrays_are_joined() {
+        assert_eq!(json_array(&[Bytes::from_static(b"{}"), Bytes::from_static(b"1")]), b"[{},1]");
+    }
+
+    #[test]
+    fn browser_cookie_is_found_among_others_and_sanitized() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; BAYEUX_BROWSER=abc123 ; b=2"));
+        assert_eq!(browser_cookie(&headers).as_deref(), Some("abc123"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("BAYEUX_BROWSER=<script>"));
+        assert_eq!(browser_cookie(&headers), None);
+        let id = new_browser_id();
+        assert!(id.len() >= 10 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        assert_ne!(id, new_browser_id());
+    }
+}
