@@ -145,7 +145,12 @@ pub struct Args {
     pub max_sessions_per_browser: Option<u32>,
     /// Polling interval advised to a browser over its long-poll limit, ms; <= 0 tells it
     /// to stop [default: 2000].
-    #[arg(long, env = "HALLEY_MULTI_SESSION_INTERVAL", value_name = "MS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "HALLEY_MULTI_SESSION_INTERVAL",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
     pub multi_session_interval: Option<i64>,
     /// Deliver messages only on /meta/connect replies, never piggybacked on other replies.
     #[arg(long, env = "HALLEY_CONNECT_ONLY_DELIVERY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -238,10 +243,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("halley-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("halley.toml");
-        std::fs::write(&file, "timeout = 5000\nmax_queue = 7\nqueue_overflow = \"disconnect\"\n")
-            .expect("write");
-        let args = Args::try_parse_from(["halley", "--config", file.to_str().expect("utf8"), "--max-queue", "9"])
-            .expect("args");
+        std::fs::write(
+            &file,
+            "timeout = 5000\nmax_queue = 7\nqueue_overflow = \"disconnect\"\n",
+        )
+        .expect("write");
+        let args = Args::try_parse_from([
+            "halley",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--max-queue",
+            "9",
+        ])
+        .expect("args");
         let config = Config::load(args).expect("config");
         assert_eq!(config.timeout, 5000);
         assert_eq!(config.max_queue, 9);
@@ -259,8 +273,12 @@ mod tests {
 
     #[test]
     fn boolean_flags_work_bare_and_with_values() {
-        let args = Args::try_parse_from(["halley", "--connect-only-delivery", "--strict-cookie-binding=false"])
-            .expect("args");
+        let args = Args::try_parse_from([
+            "halley",
+            "--connect-only-delivery",
+            "--strict-cookie-binding=false",
+        ])
+        .expect("args");
         let config = Config::load(args).expect("config");
         assert!(config.connect_only_delivery);
         assert!(!config.strict_cookie_binding);

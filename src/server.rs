@@ -33,14 +33,19 @@ pub fn app(broker: Broker) -> Router {
     let limit = DefaultBodyLimit::max(config.max_body_bytes);
     let endpoint = any(long_polling::endpoint);
     let router = if path.is_empty() {
-        Router::new().route("/", endpoint.clone()).route("/{*rest}", endpoint)
+        Router::new()
+            .route("/", endpoint.clone())
+            .route("/{*rest}", endpoint)
     } else {
         Router::new()
             .route(path, endpoint.clone())
             .route(&format!("{path}/"), endpoint.clone())
             .route(&format!("{path}/{{*rest}}"), endpoint)
     };
-    router.layer(limit).layer(TraceLayer::new_for_http()).with_state(broker)
+    router
+        .layer(limit)
+        .layer(TraceLayer::new_for_http())
+        .with_state(broker)
 }
 
 /// A broker built from `config` with the transports this build serves.

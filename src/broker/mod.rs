@@ -26,8 +26,8 @@ pub use tree::{SubscriberKey, SubscriptionTree};
 use crate::config::Config;
 use crate::protocol::message::server_disconnect;
 use crate::protocol::{
-    Advice, BAYEUX_VERSION, BayeuxError, Reconnect, ChannelClass, ChannelError, ChannelName, Delivery,
-    DirectMessage, Message, Reply,
+    Advice, BAYEUX_VERSION, BayeuxError, ChannelClass, ChannelError, ChannelName, Delivery,
+    DirectMessage, Message, Reconnect, Reply,
 };
 use session::{Enqueued, HeldConnect, Session, SessionState, Wake};
 
@@ -127,7 +127,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("stats", &self.stats()).finish()
+        f.debug_struct("Broker")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -185,7 +187,10 @@ impl Broker {
     /// Processes one request's batch. Completes at once unless the batch is a lone
     /// `/meta/connect` that has to be held.
     pub async fn handle(&self, batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
-        if let Some(handshake) = batch.iter().find(|m| m.channel.as_deref() == Some(HANDSHAKE)) {
+        if let Some(handshake) = batch
+            .iter()
+            .find(|m| m.channel.as_deref() == Some(HANDSHAKE))
+        {
             // A handshake must be alone; anything batched with it has no effect.
             return Outcome::Reply(self.handshake(handshake, ctx));
         }
@@ -456,7 +461,12 @@ impl Broker {
                 || !state.queue.is_empty()
                 || self.shared.shutting_down.load(Ordering::SeqCst);
             if answer_now {
-                return Outcome::Reply(self.connect_response(session, &mut state, message, Ending::Open));
+                return Outcome::Reply(self.connect_response(
+                    session,
+                    &mut state,
+                    message,
+                    Ending::Open,
+                ));
             }
             let browser_slot = match self.acquire_browser_slot(ctx) {
                 Ok(slot) => slot,
@@ -500,7 +510,11 @@ impl Broker {
     /// Lets go of held connect `generation` if it is still the session's; the session then
     /// starts ageing towards expiry.
     fn release_held(&self, session: &Session, state: &mut SessionState, generation: u64) {
-        if state.held.as_ref().is_some_and(|h| h.generation == generation) {
+        if state
+            .held
+            .as_ref()
+            .is_some_and(|h| h.generation == generation)
+        {
             if let Some(held) = state.held.take() {
                 self.release_browser_slot(held.browser_slot.as_deref());
             }
@@ -589,7 +603,11 @@ impl Broker {
         let Some(browser) = ctx.browser_id.as_deref().filter(|_| !ctx.multiplexed) else {
             return Ok(None);
         };
-        let mut browsers = self.shared.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut browsers = self
+            .shared
+            .browsers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let held = browsers.entry(browser.into()).or_insert(0);
         if *held >= self.shared.config.max_sessions_per_browser {
             if *held == 0 {
@@ -603,7 +621,11 @@ impl Broker {
 
     fn release_browser_slot(&self, browser: Option<&str>) {
         let Some(browser) = browser else { return };
-        let mut browsers = self.shared.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut browsers = self
+            .shared
+            .browsers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(held) = browsers.get_mut(browser) {
             *held = held.saturating_sub(1);
             if *held == 0 {
@@ -639,11 +661,13 @@ impl Broker {
             return Reply::failed(message, BayeuxError::SessionUnknown);
         }
         // Service subscriptions succeed and record nothing (BAYEUX.md 1.4).
-        let fresh: Vec<&ChannelName<'_>> = patterns
+        let mut fresh: Vec<&ChannelName<'_>> = patterns
             .iter()
             .filter(|p| p.class() == ChannelClass::Broadcast)
             .filter(|p| !state.subscriptions.contains(p.as_str()))
             .collect();
+        fresh.sort_unstable_by_key(|p| p.as_str());
+        fresh.dedup_by_key(|p| p.as_str());
         if state.subscriptions.len() + fresh.len() > self.shared.config.max_subscriptions {
             return Reply::failed(message, BayeuxError::SubscriptionLimit);
         }
@@ -677,7 +701,12 @@ impl Broker {
         Reply::to(message)
     }
 
-    fn publish_from<'m>(&self, message: &'m Message, channel: &str, session: &Arc<Session>) -> Reply<'m> {
+    fn publish_from<'m>(
+        &self,
+        message: &'m Message,
+        channel: &str,
+        session: &Arc<Session>,
+    ) -> Reply<'m> {
         let name = match ChannelName::parse(channel) {
             Ok(name) if name.wildcard().is_none() => name,
             _ => return Reply::failed(message, BayeuxError::ChannelInvalid),
@@ -687,7 +716,8 @@ impl Broker {
             ChannelClass::Service => self.call_service(message, channel, session),
             ChannelClass::Broadcast => {
                 let bytes = Delivery::of(channel, message).encode();
-                let publisher = Some(&**session).filter(|_| !self.shared.config.broadcast_to_publisher);
+                let publisher =
+                    Some(&**session).filter(|_| !self.shared.config.broadcast_to_publisher);
                 self.fan_out(&name, bytes, publisher);
                 Reply::to(message)
             }
@@ -730,11 +760,18 @@ impl Broker {
             tracing::warn!(client_id = %session.client_id, "queue full: session disconnected");
             self.remove_session(&session, Removal::Overflow);
         }
-        counters.delivered.fetch_add(queued as u64, Ordering::Relaxed);
+        counters
+            .delivered
+            .fetch_add(queued as u64, Ordering::Relaxed);
         queued
     }
 
-    fn call_service<'m>(&self, message: &'m Message, channel: &str, session: &Session) -> Reply<'m> {
+    fn call_service<'m>(
+        &self,
+        message: &'m Message,
+        channel: &str,
+        session: &Session,
+    ) -> Reply<'m> {
         let handler = read(&self.shared.services).get(channel).cloned();
         let Some(handler) = handler else {
             return Reply::to(message);
@@ -774,13 +811,18 @@ impl Broker {
     /// has been revived by a connect since the sweeper looked).
     fn remove_session(&self, session: &Arc<Session>, why: Removal) -> bool {
         let mut state = session.lock();
-        if state.removed.is_some() || (why == Removal::Expired && session.deadline() > self.now_ms()) {
+        if state.removed.is_some()
+            || (why == Removal::Expired && session.deadline() > self.now_ms())
+        {
             return false;
         }
         state.removed = Some(why);
         {
             let mut sessions = write(&self.shared.sessions);
-            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
                 sessions.remove(&session.client_id);
             }
         }
@@ -839,7 +881,8 @@ struct HeldGuard<'a> {
 impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
         let mut state = self.session.lock();
-        self.broker.release_held(self.session, &mut state, self.generation);
+        self.broker
+            .release_held(self.session, &mut state, self.generation);
     }
 }
 

@@ -183,7 +183,9 @@ impl Session {
     /// Locks the session state. A panic elsewhere cannot leave it half-written in a way
     /// that matters more than losing the session, so a poisoned lock is used as is.
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     pub fn deadline(&self) -> u64 {
@@ -243,8 +245,14 @@ mod tests {
         let mut q = DeliveryQueue::new(2);
         q.push(b("1"), OverflowPolicy::DropOldest);
         q.push(b("2"), OverflowPolicy::DropOldest);
-        assert_eq!(q.push(b("3"), OverflowPolicy::DropOldest), Enqueued::DroppedOldest);
-        assert_eq!(q.push(b("4"), OverflowPolicy::DropOldest), Enqueued::DroppedOldest);
+        assert_eq!(
+            q.push(b("3"), OverflowPolicy::DropOldest),
+            Enqueued::DroppedOldest
+        );
+        assert_eq!(
+            q.push(b("4"), OverflowPolicy::DropOldest),
+            Enqueued::DroppedOldest
+        );
         assert_eq!(q.take_dropped(), 2);
         assert_eq!(q.take_dropped(), 0);
         let mut out = Vec::new();
@@ -256,7 +264,10 @@ mod tests {
     fn disconnect_policy_refuses_instead_of_dropping() {
         let mut q = DeliveryQueue::new(1);
         q.push(b("1"), OverflowPolicy::Disconnect);
-        assert_eq!(q.push(b("2"), OverflowPolicy::Disconnect), Enqueued::Overflow);
+        assert_eq!(
+            q.push(b("2"), OverflowPolicy::Disconnect),
+            Enqueued::Overflow
+        );
         assert_eq!(q.len(), 1);
         q.push_unbounded(b("bye"));
         assert_eq!(q.len(), 2);

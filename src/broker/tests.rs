@@ -1,0 +1,579 @@
+//! Router tests: the broker driven with message batches, no HTTP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::OverflowPolicy;
+use crate::protocol::decode_batch;
+
+fn broker_with(edit: impl FnOnce(&mut Config)) -> Broker {
+    let mut config = Config {
+        timeout: 5_000,
+        max_interval: 2_000,
+        ..Config::default()
+    };
+    edit(&mut config);
+    Broker::new(config, &["long-polling"])
+}
+
+fn broker() -> Broker {
+    broker_with(|_| {})
+}
+
+fn messages(body: Value) -> Vec<Message> {
+    let mut batch = Vec::new();
+    decode_batch(body.to_string().as_bytes(), &mut batch).expect("valid batch");
+    batch
+}
+
+fn parse(outcome: Outcome) -> Vec<Value> {
+    match outcome {
+        Outcome::Reply(reply) => {
+            assert!(!reply.messages.is_empty(), "a response is never empty");
+            reply
+                .messages
+                .iter()
+                .map(|m| serde_json::from_slice(m).expect("valid JSON"))
+                .collect()
+        }
+        Outcome::Superseded => vec![json!("superseded")],
+    }
+}
+
+async fn send_as(broker: &Broker, ctx: &RequestContext, body: Value) -> Vec<Value> {
+    parse(broker.handle(messages(body), ctx).await)
+}
+
+async fn send(broker: &Broker, body: Value) -> Vec<Value> {
+    send_as(broker, &RequestContext::default(), body).await
+}
+
+/// Handshakes and completes the first connect, as every client does.
+async fn session_as(broker: &Broker, ctx: &RequestContext) -> String {
+    let reply = send_as(
+        broker,
+        ctx,
+        json!([{"id": "1", "channel": "/meta/handshake"}]),
+    )
+    .await;
+    let id = reply[0]["clientId"].as_str().expect("clientId").to_string();
+    let first = send_as(broker, ctx, connect(&id, "2")).await;
+    assert_eq!(first[0]["successful"], true);
+    id
+}
+
+async fn session(broker: &Broker) -> String {
+    session_as(broker, &RequestContext::default()).await
+}
+
+fn connect(client_id: &str, id: &str) -> Value {
+    json!([{"id": id, "channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling"}])
+}
+
+async fn subscribe(broker: &Broker, client_id: &str, pattern: &str) {
+    let reply = send(
+        broker,
+        json!([{"id": "s", "channel": "/meta/subscribe", "clientId": client_id, "subscription": pattern}]),
+    )
+    .await;
+    assert_eq!(
+        reply.last().expect("reply")["successful"],
+        true,
+        "{reply:?}"
+    );
+}
+
+async fn publish(broker: &Broker, client_id: &str, channel: &str, data: Value) -> Vec<Value> {
+    send(
+        broker,
+        json!([{"id": "p", "channel": channel, "clientId": client_id, "data": data}]),
+    )
+    .await
+}
+
+fn held_connect(broker: &Broker, client_id: &str, id: &str) -> tokio::task::JoinHandle<Vec<Value>> {
+    held_connect_as(broker, client_id, id, RequestContext::default())
+}
+
+fn held_connect_as(
+    broker: &Broker,
+    client_id: &str,
+    id: &str,
+    ctx: RequestContext,
+) -> tokio::task::JoinHandle<Vec<Value>> {
+    let broker = broker.clone();
+    let body = connect(client_id, id);
+    tokio::spawn(async move { send_as(&broker, &ctx, body).await })
+}
+
+/// Lets spawned requests run up to their await points.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn handshakes_create_distinct_random_sessions() {
+    let broker = broker();
+    let a = session(&broker).await;
+    let b = session(&broker).await;
+    assert_ne!(a, b);
+    for id in [&a, &b] {
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+    assert_eq!(broker.stats().sessions, 2);
+}
+
+#[tokio::test]
+async fn a_handshake_batched_with_other_messages_is_answered_alone() {
+    let broker = broker();
+    let reply = send(
+        &broker,
+        json!([{"id": "1", "channel": "/meta/handshake"}, {"id": "2", "channel": "/chat", "data": 1}]),
+    )
+    .await;
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0]["channel"], "/meta/handshake");
+    assert_eq!(broker.stats().published, 0);
+}
+
+#[tokio::test]
+async fn publishes_reach_every_matching_session_once_and_piggyback() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    for pattern in ["/chat/*", "/chat/**", "/chat/room"] {
+        subscribe(&broker, &bob, pattern).await;
+    }
+    subscribe(&broker, &alice, "/chat/room").await;
+    let reply = publish(&broker, &alice, "/chat/room", json!({"text": "hi"})).await;
+    // The publisher's own copy rides on its publish reply, before the ack.
+    assert_eq!(
+        reply[0],
+        json!({"channel": "/chat/room", "data": {"text": "hi"}})
+    );
+    assert_eq!(
+        reply[1],
+        json!({"id": "p", "channel": "/chat/room", "successful": true})
+    );
+    let bobs = send(&broker, connect(&bob, "3")).await;
+    assert_eq!(
+        bobs.len(),
+        2,
+        "one copy despite three matching patterns: {bobs:?}"
+    );
+    assert_eq!(bobs[0]["data"]["text"], "hi");
+    assert_eq!(bobs[1]["channel"], "/meta/connect");
+}
+
+#[tokio::test]
+async fn a_held_connect_is_released_by_a_delivery() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/news").await;
+    let held = held_connect(&broker, &bob, "7");
+    settle().await;
+    assert!(!held.is_finished(), "an idle connect is held");
+    publish(&broker, &alice, "/news", json!(1)).await;
+    let reply = tokio::time::timeout(Duration::from_secs(1), held)
+        .await
+        .expect("released at once")
+        .expect("task");
+    assert_eq!(reply[0], json!({"channel": "/news", "data": 1}));
+    assert_eq!(reply[1]["id"], "7");
+    assert_eq!(reply[1]["successful"], true);
+    assert_eq!(
+        reply[1]["advice"],
+        json!({"reconnect": "retry", "interval": 0, "timeout": 5000})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_held_connect_is_answered_after_the_timeout() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let started = Instant::now();
+    let reply = send(&broker, connect(&alice, "9")).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(5_000));
+    assert_eq!(
+        reply,
+        vec![
+            json!({"id": "9", "channel": "/meta/connect", "successful": true,
+        "advice": {"reconnect": "retry", "interval": 0, "timeout": 5000}})
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_timeouts_are_clamped_and_zero_answers_now() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let started = Instant::now();
+    let body = json!([{"id": "a", "channel": "/meta/connect", "clientId": alice, "advice": {"timeout": 0}}]);
+    let reply = send(&broker, body).await;
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(
+        reply[0]["advice"]["timeout"], 5000,
+        "advice carries the server's hold time"
+    );
+    let body = json!([{"id": "b", "channel": "/meta/connect", "clientId": alice, "advice": {"timeout": 90000}}]);
+    send(&broker, body).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(5_000));
+}
+
+#[tokio::test]
+async fn a_second_connect_supersedes_the_held_one() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let first = held_connect(&broker, &alice, "1");
+    settle().await;
+    let second = held_connect(&broker, &alice, "2");
+    settle().await;
+    assert_eq!(first.await.expect("task"), vec![json!("superseded")]);
+    assert!(!second.is_finished(), "the newer connect is held normally");
+    send(
+        &broker,
+        json!([{"id": "d", "channel": "/meta/disconnect", "clientId": alice}]),
+    )
+    .await;
+    let reply = second.await.expect("task");
+    assert_eq!(reply[0]["id"], "2");
+    assert_eq!(reply[0]["successful"], true);
+    assert_eq!(reply[0]["advice"]["reconnect"], "none");
+}
+
+#[tokio::test]
+async fn disconnect_removes_everything() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &alice, "/a").await;
+    let reply = send(
+        &broker,
+        json!([{"id": "d", "channel": "/meta/disconnect", "clientId": alice}]),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        vec![json!({"id": "d", "channel": "/meta/disconnect", "successful": true})]
+    );
+    assert_eq!(broker.stats().subscriptions, 0);
+    assert_eq!(
+        publish(&broker, &bob, "/a", json!(1)).await.len(),
+        1,
+        "nobody receives it"
+    );
+    for body in [
+        json!([{"id": "x", "channel": "/meta/subscribe", "clientId": alice, "subscription": "/a"}]),
+        json!([{"id": "x", "channel": "/a", "clientId": alice, "data": 1}]),
+        json!([{"id": "x", "channel": "/meta/disconnect", "clientId": alice}]),
+    ] {
+        let reply = send(&broker, body).await;
+        assert_eq!(reply[0]["error"], "402::session_unknown");
+        assert!(
+            reply[0].get("advice").is_none(),
+            "no advice except on connect"
+        );
+    }
+    let reply = send(&broker, connect(&alice, "c")).await;
+    assert_eq!(
+        reply[0]["advice"],
+        json!({"reconnect": "handshake", "interval": 0})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_expire_without_connects_but_not_while_one_is_held() {
+    let broker = broker();
+    let idle = session(&broker).await;
+    let polling = session(&broker).await;
+    let held = held_connect(&broker, &polling, "h");
+    settle().await;
+    tokio::time::advance(Duration::from_millis(1_900)).await;
+    assert_eq!(broker.sweep(), 0, "not yet");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    assert_eq!(
+        broker.sweep(),
+        1,
+        "the idle one expired; the held one lives"
+    );
+    let reply = send(&broker, connect(&idle, "c")).await;
+    assert_eq!(reply[0]["error"], "402::session_unknown");
+    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+    held.await.expect("task");
+    // After its connect is answered the session ages like any other.
+    tokio::time::advance(Duration::from_millis(2_001)).await;
+    assert_eq!(broker.sweep(), 1);
+    assert_eq!(broker.stats().sessions, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_traffic_extends_the_deadline() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    subscribe(&broker, &alice, "/x").await;
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    assert_eq!(broker.sweep(), 0);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(broker.sweep(), 1);
+    assert_eq!(
+        broker.stats().subscriptions,
+        0,
+        "expiry drops subscriptions"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_held_connect_frees_its_slot_and_ages() {
+    let broker = broker();
+    let ctx = RequestContext {
+        browser_id: Some("browser1".into()),
+        multiplexed: false,
+    };
+    let alice = session_as(&broker, &ctx).await;
+    let held = held_connect_as(&broker, &alice, "h", ctx.clone());
+    settle().await;
+    held.abort();
+    let _ = held.await;
+    {
+        let session = read(&broker.shared.sessions)
+            .get(alice.as_str())
+            .cloned()
+            .expect("session");
+        assert!(session.lock().held.is_none());
+        assert_ne!(
+            session.deadline(),
+            u64::MAX,
+            "the session ages towards expiry again"
+        );
+    }
+    assert!(
+        broker.shared.browsers.lock().expect("lock").is_empty(),
+        "slot released"
+    );
+}
+
+#[tokio::test]
+async fn a_second_tab_gets_multiple_clients_advice_but_a_reload_does_not() {
+    let broker = broker();
+    let ctx = RequestContext {
+        browser_id: Some("tabs".into()),
+        multiplexed: false,
+    };
+    let tab1 = session_as(&broker, &ctx).await;
+    let tab2 = session_as(&broker, &ctx).await;
+    let held = held_connect_as(&broker, &tab1, "1", ctx.clone());
+    settle().await;
+    let reply = send_as(&broker, &ctx, connect(&tab2, "2")).await;
+    assert_eq!(
+        reply,
+        vec![
+            json!({"id": "2", "channel": "/meta/connect", "successful": true,
+            "advice": {"multiple-clients": true, "reconnect": "retry", "interval": 2000}})
+        ]
+    );
+    // A reload: the same session connects again from the same browser.
+    let reload = held_connect_as(&broker, &tab1, "3", ctx.clone());
+    settle().await;
+    assert_eq!(held.await.expect("task"), vec![json!("superseded")]);
+    assert!(
+        !reload.is_finished(),
+        "the reload's connect is held, not refused"
+    );
+    // HTTP/2 connections are not limited.
+    let h2 = RequestContext {
+        multiplexed: true,
+        ..ctx.clone()
+    };
+    let other = held_connect_as(&broker, &tab2, "4", h2);
+    settle().await;
+    assert!(!other.is_finished());
+    broker.shutdown();
+    reload.await.expect("task");
+    other.await.expect("task");
+}
+
+#[tokio::test]
+async fn multi_session_interval_zero_stops_the_extra_tab() {
+    let broker = broker_with(|c| c.multi_session_interval = 0);
+    let ctx = RequestContext {
+        browser_id: Some("b".into()),
+        multiplexed: false,
+    };
+    let tab1 = session_as(&broker, &ctx).await;
+    let tab2 = session_as(&broker, &ctx).await;
+    let held = held_connect_as(&broker, &tab1, "1", ctx.clone());
+    settle().await;
+    let reply = send_as(&broker, &ctx, connect(&tab2, "2")).await;
+    assert_eq!(reply[0]["successful"], false);
+    assert_eq!(reply[0]["advice"]["reconnect"], "none");
+    broker.shutdown();
+    held.await.expect("task");
+}
+
+#[tokio::test]
+async fn drop_oldest_overflow_is_reported_on_the_connect_reply() {
+    let broker = broker_with(|c| c.max_queue = 3);
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/n").await;
+    for i in 0..5 {
+        publish(&broker, &alice, "/n", json!(i)).await;
+    }
+    let reply = send(&broker, connect(&bob, "c")).await;
+    let data: Vec<_> = reply[..3].iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(
+        data,
+        vec![json!(2), json!(3), json!(4)],
+        "newest kept, in order"
+    );
+    assert_eq!(reply[3]["ext"], json!({"halley": {"dropped": 2}}));
+    assert_eq!(broker.stats().dropped, 2);
+}
+
+#[tokio::test]
+async fn disconnect_overflow_removes_the_slow_session() {
+    let broker = broker_with(|c| {
+        c.max_queue = 2;
+        c.queue_overflow = OverflowPolicy::Disconnect;
+    });
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/n").await;
+    for i in 0..3 {
+        publish(&broker, &alice, "/n", json!(i)).await;
+    }
+    let reply = send(&broker, connect(&bob, "c")).await;
+    assert_eq!(reply[0]["error"], "402::session_unknown");
+    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+}
+
+#[tokio::test]
+async fn service_handlers_answer_the_caller_and_a_panic_fails_only_that_message() {
+    let broker = broker();
+    broker
+        .register_service("/service/boom", |_: &ServiceCall<'_>| -> ServiceReply {
+            panic!("handler bug")
+        })
+        .expect("register");
+    let alice = session(&broker).await;
+    subscribe(&broker, &alice, "/**").await;
+    let reply = send(
+        &broker,
+        json!([
+            {"id": "1", "channel": "/service/echo", "clientId": alice, "data": {"q": 1}},
+            {"id": "2", "channel": "/service/boom", "clientId": alice, "data": 1},
+            {"id": "3", "channel": "/service/nobody", "clientId": alice, "data": 1},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        vec![
+            json!({"id": "1", "channel": "/service/echo", "successful": true, "data": {"q": 1}}),
+            json!({"id": "1", "channel": "/service/echo", "successful": true}),
+            json!({"id": "2", "channel": "/service/boom", "successful": false, "error": "500::handler_failed"}),
+            json!({"id": "3", "channel": "/service/nobody", "successful": true}),
+        ]
+    );
+    assert_eq!(
+        broker.stats().published,
+        0,
+        "service messages are never broadcast"
+    );
+    assert_eq!(
+        publish(&broker, &alice, "/still/works", json!(1))
+            .await
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn connect_only_delivery_keeps_deliveries_for_the_connect() {
+    let broker = broker_with(|c| c.connect_only_delivery = true);
+    let alice = session(&broker).await;
+    subscribe(&broker, &alice, "/a").await;
+    let reply = publish(&broker, &alice, "/a", json!(1)).await;
+    assert_eq!(reply.len(), 1, "only the ack: {reply:?}");
+    let reply = send(&broker, connect(&alice, "c")).await;
+    assert_eq!(reply[0], json!({"channel": "/a", "data": 1}));
+}
+
+#[tokio::test]
+async fn a_server_side_disconnect_tells_the_held_connect_to_stop() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let held = held_connect(&broker, &alice, "h");
+    settle().await;
+    assert!(broker.disconnect(&alice));
+    assert!(!broker.disconnect(&alice));
+    let reply = held.await.expect("task");
+    assert_eq!(
+        reply[0],
+        json!({"channel": "/meta/disconnect", "successful": true})
+    );
+    assert_eq!(reply[1]["advice"], json!({"reconnect": "none"}));
+}
+
+#[tokio::test]
+async fn broadcast_to_publisher_can_be_turned_off() {
+    let broker = broker_with(|c| c.broadcast_to_publisher = false);
+    let alice = session(&broker).await;
+    subscribe(&broker, &alice, "/a").await;
+    assert_eq!(publish(&broker, &alice, "/a", json!(1)).await.len(), 1);
+}
+
+#[tokio::test]
+async fn server_side_publish_validates_and_counts_recipients() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    subscribe(&broker, &alice, "/a/*").await;
+    assert_eq!(broker.publish("/a/b", &json!({"x": 1})), Ok(1));
+    assert_eq!(
+        broker.publish("/a/*", &json!(1)),
+        Err(BayeuxError::ChannelInvalid)
+    );
+    assert_eq!(
+        broker.publish("/meta/x", &json!(1)),
+        Err(BayeuxError::MetaPublishDenied)
+    );
+    let reply = send(&broker, connect(&alice, "c")).await;
+    assert_eq!(reply[0], json!({"channel": "/a/b", "data": {"x": 1}}));
+}
+
+#[tokio::test]
+async fn subscriptions_are_all_or_nothing_and_bounded() {
+    let broker = broker_with(|c| c.max_subscriptions = 2);
+    let alice = session(&broker).await;
+    let sub = |s: Value| json!([{"id": "s", "channel": "/meta/subscribe", "clientId": alice, "subscription": s}]);
+    let reply = send(&broker, sub(json!(["/a", "/b//c"]))).await;
+    assert_eq!(reply[0]["error"], "403::subscription_invalid");
+    assert_eq!(reply[0]["subscription"], json!(["/a", "/b//c"]));
+    assert_eq!(broker.stats().subscriptions, 0, "none applied");
+    let reply = send(&broker, sub(json!(["/a", "/b", "/c"]))).await;
+    assert_eq!(reply[0]["error"], "403:subscription_limit:subscribe_denied");
+    let reply = send(&broker, sub(json!(["/a", "/b", "/a", "/service/x"]))).await;
+    assert_eq!(reply[0]["successful"], true);
+    assert_eq!(broker.stats().subscriptions, 2);
+}
+
+#[tokio::test]
+async fn shutdown_answers_held_connects_and_refuses_handshakes() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let held = held_connect(&broker, &alice, "h");
+    settle().await;
+    broker.shutdown();
+    let reply = held.await.expect("task");
+    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+    let reply = send(&broker, json!([{"id": "1", "channel": "/meta/handshake"}])).await;
+    assert_eq!(reply[0]["successful"], false);
+    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+}

@@ -42,7 +42,10 @@ impl<V> Default for Node<V> {
 
 impl<V> Node<V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.exact.is_empty() && self.one.is_empty() && self.many.is_empty()
+        self.children.is_empty()
+            && self.exact.is_empty()
+            && self.one.is_empty()
+            && self.many.is_empty()
     }
 
     fn set_mut(&mut self, wildcard: Option<Wildcard>) -> &mut HashMap<SubscriberKey, V> {
@@ -70,7 +73,10 @@ impl<V: Clone> SubscriptionTree<V> {
         for segment in path_of(pattern) {
             node = node.children.entry(segment.into()).or_default();
         }
-        let added = node.set_mut(pattern.wildcard()).insert(key, value).is_none();
+        let added = node
+            .set_mut(pattern.wildcard())
+            .insert(key, value)
+            .is_none();
         self.count += usize::from(added);
         added
     }
@@ -131,7 +137,12 @@ fn path_of<'a>(pattern: &ChannelName<'a>) -> impl Iterator<Item = &'a str> + use
 }
 
 /// Recursion depth is bounded by `channel::MAX_SEGMENTS`.
-fn remove_at<V>(node: &mut Node<V>, path: &[&str], wildcard: Option<Wildcard>, key: SubscriberKey) -> bool {
+fn remove_at<V>(
+    node: &mut Node<V>,
+    path: &[&str],
+    wildcard: Option<Wildcard>,
+    key: SubscriberKey,
+) -> bool {
     let Some((first, rest)) = path.split_first() else {
         return node.set_mut(wildcard).remove(&key).is_some();
     };
@@ -211,8 +222,12 @@ mod tests {
 
     #[test]
     fn agrees_with_single_pattern_matching() {
-        let patterns = ["/a", "/a/*", "/a/**", "/a/b", "/a/b/*", "/a/b/**", "/*", "/**", "/b/*"];
-        let channels = ["/a", "/b", "/a/b", "/a/c", "/a/b/c", "/a/b/c/d", "/b/a", "/ab"];
+        let patterns = [
+            "/a", "/a/*", "/a/**", "/a/b", "/a/b/*", "/a/b/**", "/*", "/**", "/b/*",
+        ];
+        let channels = [
+            "/a", "/b", "/a/b", "/a/c", "/a/b/c", "/a/b/c/d", "/b/a", "/ab",
+        ];
         let mut tree = SubscriptionTree::default();
         for (key, p) in patterns.iter().enumerate() {
             tree.insert(&name(p), key as u64, key as u64);

@@ -211,11 +211,23 @@ mod tests {
     #[test]
     fn wildcard_matching_follows_the_table() {
         let table = [
-            ("/foo/*", &["/foo/bar", "/foo/baz"][..], &["/foo", "/foobar", "/foo/bar/baz"][..]),
-            ("/foo/**", &["/foo/bar", "/foo/bar/baz"], &["/foo", "/foobar", "/foobar/baz"]),
+            (
+                "/foo/*",
+                &["/foo/bar", "/foo/baz"][..],
+                &["/foo", "/foobar", "/foo/bar/baz"][..],
+            ),
+            (
+                "/foo/**",
+                &["/foo/bar", "/foo/bar/baz"],
+                &["/foo", "/foobar", "/foobar/baz"],
+            ),
             ("/*", &["/foo"], &["/foo/bar"]),
             ("/**", &["/foo", "/a/b/c"], &[]),
-            ("/foo/bar", &["/foo/bar"], &["/foo/bar/baz", "/foo/ba*", "/Foo/bar"]),
+            (
+                "/foo/bar",
+                &["/foo/bar"],
+                &["/foo/bar/baz", "/foo/ba*", "/Foo/bar"],
+            ),
         ];
         for (pattern, yes, no) in table {
             let p = ok(pattern);

@@ -75,13 +75,24 @@ pub enum DecodeError {
     /// A number, string, `true`… at the top level.
     #[error("a Bayeux request must be a JSON array of messages or a single message object")]
     NotABatch,
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
     /// `[]`, or a body with no message at all.
     #[error("the request carries no message")]
     Empty,
 }
 
+/// Deepest JSON nesting accepted in a request, counting the batch array and the message
+/// object. Payloads are forwarded without being parsed, so this is checked up front to
+/// spare every subscriber's JSON parser.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses a JSON array of messages, or a single message object, and appends them to `batch`.
 pub fn decode_batch(text: &[u8], batch: &mut Vec<Message>) -> Result<(), DecodeError> {
+    if nesting_depth(text) > MAX_DEPTH {
+        return Err(DecodeError::TooDeep);
+    }
     match text.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => batch.extend(serde_json::from_slice::<Vec<Message>>(text)?),
         Some(b'{') => batch.push(serde_json::from_slice::<Message>(text)?),
@@ -92,6 +103,34 @@ pub fn decode_batch(text: &[u8], batch: &mut Vec<Message>) -> Result<(), DecodeE
         return Err(DecodeError::Empty);
     }
     Ok(())
+}
+
+/// The deepest bracket nesting of a JSON text, ignoring brackets inside strings. One pass,
+/// no allocation; malformed text is left for the parser to reject.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// What a client should do after a reply (BAYEUX.md 3.1).
@@ -320,9 +359,21 @@ mod tests {
     #[test]
     fn rejects_non_batches() {
         let mut batch = Vec::new();
-        for text in ["", "  ", "[]", "3", "\"x\"", "{", "[1]", "[{\"channel\":1}]"] {
+        for text in [
+            "",
+            "  ",
+            "[]",
+            "3",
+            "\"x\"",
+            "{",
+            "[1]",
+            "[{\"channel\":1}]",
+        ] {
             batch.clear();
-            assert!(decode_batch(text.as_bytes(), &mut batch).is_err(), "{text:?}");
+            assert!(
+                decode_batch(text.as_bytes(), &mut batch).is_err(),
+                "{text:?}"
+            );
         }
     }
 
@@ -338,8 +389,29 @@ mod tests {
     }
 
     #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"[{"a":"[[[{{\"[","b":[1]}]"#), 3);
+        let ok = format!(
+            r#"[{{"channel":"/a","data":{}1{}}}]"#,
+            "[".repeat(MAX_DEPTH - 2),
+            "]".repeat(MAX_DEPTH - 2)
+        );
+        assert!(decode_batch(ok.as_bytes(), &mut Vec::new()).is_ok());
+        let deep = format!(
+            r#"[{{"channel":"/a","data":{}1{}}}]"#,
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(matches!(
+            decode_batch(deep.as_bytes(), &mut Vec::new()),
+            Err(DecodeError::TooDeep)
+        ));
+    }
+
+    #[test]
     fn replies_echo_id_type_and_never_carry_data() {
-        let batch = parse(r#"[{"channel":"/chat","id":7,"data":{"x":1}},{"channel":"/c","id":"7"}]"#);
+        let batch =
+            parse(r#"[{"channel":"/chat","id":7,"data":{"x":1}},{"channel":"/c","id":"7"}]"#);
         assert_eq!(
             Reply::to(&batch[0]).encode(),
             r#"{"id":7,"channel":"/chat","successful":true}"#

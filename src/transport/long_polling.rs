@@ -26,7 +26,9 @@ pub async fn endpoint(
 ) -> Response {
     let batch = match method {
         Method::POST => {
-            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
             decode_body(content_type, &body).map_err(TransportError::from)
         }
         Method::GET if is_websocket_upgrade(&headers) => Err(TransportError::WebSocketRefused),
@@ -38,7 +40,13 @@ pub async fn endpoint(
             None => Err(TransportError::NoMessage),
         },
         Method::OPTIONS => return options(),
-        _ => return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET, POST, OPTIONS")]).into_response(),
+        _ => {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "GET, POST, OPTIONS")],
+            )
+                .into_response();
+        }
     };
     match batch {
         Ok(batch) => respond(&broker, batch, version, &headers).await,
@@ -47,11 +55,18 @@ pub async fn endpoint(
 }
 
 /// Runs a batch through the broker and writes the JSON answer.
-async fn respond(broker: &Broker, batch: Vec<Message>, version: Version, headers: &HeaderMap) -> Response {
+async fn respond(
+    broker: &Broker,
+    batch: Vec<Message>,
+    version: Version,
+    headers: &HeaderMap,
+) -> Response {
     let cookie = browser_cookie(headers);
     // A browser gets its id with its first handshake.
     let new_browser = cookie.is_none()
-        && batch.iter().any(|m| m.channel.as_deref() == Some("/meta/handshake"));
+        && batch
+            .iter()
+            .any(|m| m.channel.as_deref() == Some("/meta/handshake"));
     let ctx = RequestContext {
         browser_id: cookie.or_else(|| new_browser.then(new_browser_id)),
         multiplexed: version >= Version::HTTP_2,
@@ -62,9 +77,16 @@ async fn respond(broker: &Broker, batch: Vec<Message>, version: Version, headers
     };
     let mut response = Response::new(Body::from(json_array(&reply.messages)));
     let out = response.headers_mut();
-    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
-    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    if new_browser && reply.handshake_succeeded
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    if new_browser
+        && reply.handshake_succeeded
         && let Some(cookie) = ctx.browser_id.as_deref().and_then(browser_set_cookie)
     {
         out.insert(header::SET_COOKIE, cookie);

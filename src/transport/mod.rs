@@ -155,7 +155,11 @@ mod tests {
         ] {
             assert_eq!(decode_body(ty, json).expect("json").len(), 1, "{ty:?}");
         }
-        for ty in [Some("application/x-www-form-urlencoded"), Some("text/plain;charset=UTF-8"), None] {
+        for ty in [
+            Some("application/x-www-form-urlencoded"),
+            Some("text/plain;charset=UTF-8"),
+            None,
+        ] {
             let batch = decode_body(ty, form).expect("form");
             let channels: Vec<_> = batch.iter().map(|m| m.channel.as_deref()).collect();
             assert_eq!(channels, vec![Some("/a"), Some("/b")], "{ty:?}");
@@ -166,18 +170,30 @@ mod tests {
 
     #[test]
     fn arrays_are_joined() {
-        assert_eq!(json_array(&[Bytes::from_static(b"{}"), Bytes::from_static(b"1")]), b"[{},1]");
+        assert_eq!(
+            json_array(&[Bytes::from_static(b"{}"), Bytes::from_static(b"1")]),
+            b"[{},1]"
+        );
     }
 
     #[test]
     fn browser_cookie_is_found_among_others_and_sanitized() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; BAYEUX_BROWSER=abc123 ; b=2"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; BAYEUX_BROWSER=abc123 ; b=2"),
+        );
         assert_eq!(browser_cookie(&headers).as_deref(), Some("abc123"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("BAYEUX_BROWSER=<script>"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("BAYEUX_BROWSER=<script>"),
+        );
         assert_eq!(browser_cookie(&headers), None);
         let id = new_browser_id();
-        assert!(id.len() >= 10 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        assert!(
+            id.len() >= 10 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{id}"
+        );
         assert_ne!(id, new_browser_id());
     }
 }
