@@ -20,6 +20,19 @@ pub enum OverflowPolicy {
     Disconnect,
 }
 
+/// The `SameSite` attribute of the `BAYEUX_BROWSER` cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on same-site requests and top-level navigations (pages on another port of the
+    /// same host are same-site).
+    Lax,
+    /// Sent on same-site requests only.
+    Strict,
+    /// Sent on cross-site requests too; browsers require `Secure` with it.
+    None,
+}
+
 /// Every setting of the broker and its HTTP server.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,6 +68,15 @@ pub struct Config {
     pub strict_cookie_binding: bool,
     /// A subscribed publisher receives its own publishes.
     pub broadcast_to_publisher: bool,
+    /// Origins whose pages may call the Bayeux endpoint cross-origin (CORS); empty allows
+    /// every origin.
+    pub allowed_origins: Vec<String>,
+    /// `SameSite` attribute of the `BAYEUX_BROWSER` cookie.
+    pub cookie_same_site: SameSite,
+    /// Mark the `BAYEUX_BROWSER` cookie `Secure` (HTTPS only, e.g. behind a TLS proxy).
+    pub cookie_secure: bool,
+    /// Serve the demo chat page at `/`.
+    pub demo: bool,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
 }
@@ -77,6 +99,10 @@ impl Default for Config {
             connect_only_delivery: false,
             strict_cookie_binding: false,
             broadcast_to_publisher: true,
+            allowed_origins: Vec::new(),
+            cookie_same_site: SameSite::Lax,
+            cookie_secure: false,
+            demo: true,
             log_level: "info".into(),
         }
     }
@@ -161,6 +187,24 @@ pub struct Args {
     /// Deliver a subscribed publisher's own messages back to it [default: true].
     #[arg(long, env = "HALLEY_BROADCAST_TO_PUBLISHER", value_name = "BOOL")]
     pub broadcast_to_publisher: Option<bool>,
+    /// Origin allowed to call the endpoint cross-origin; repeat or comma-separate for
+    /// several [default: any origin].
+    #[arg(
+        long = "allowed-origin",
+        env = "HALLEY_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// SameSite attribute of the BAYEUX_BROWSER cookie; `none` needs --cookie-secure [default: lax].
+    #[arg(long, env = "HALLEY_COOKIE_SAME_SITE", value_enum)]
+    pub cookie_same_site: Option<SameSite>,
+    /// Mark the BAYEUX_BROWSER cookie Secure (when served over HTTPS).
+    #[arg(long, env = "HALLEY_COOKIE_SECURE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cookie_secure: Option<bool>,
+    /// Serve the demo chat page at / [default: true].
+    #[arg(long, env = "HALLEY_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub demo: Option<bool>,
     /// Log level or tracing filter directive [default: info].
     #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -195,6 +239,10 @@ impl Config {
             connect_only_delivery,
             strict_cookie_binding,
             broadcast_to_publisher,
+            allowed_origins,
+            cookie_same_site,
+            cookie_secure,
+            demo,
             log_level
         );
         config.validate()?;
@@ -226,6 +274,20 @@ impl Config {
         }
         if self.max_body_bytes < 256 {
             return invalid("max_body_bytes must be at least 256");
+        }
+        if self.cookie_same_site == SameSite::None && !self.cookie_secure {
+            return invalid(
+                "cookie_same_site = none needs cookie_secure (browsers drop the cookie otherwise)",
+            );
+        }
+        if let Some(origin) = self
+            .allowed_origins
+            .iter()
+            .find(|o| axum::http::HeaderValue::from_str(o).is_err() || !o.contains("://"))
+        {
+            return invalid(&format!(
+                "allowed origin {origin:?} is not an origin like https://example.com"
+            ));
         }
         if self.timeout > 24 * 3_600_000 || self.max_interval > 24 * 3_600_000 {
             return invalid("timeout and max_interval must be at most 24 hours");

@@ -11,11 +11,13 @@
 //!   batches and back.
 //! - [`server`]: the axum router, binding and graceful shutdown.
 //! - [`config`]: every setting, from defaults, a TOML file, flags and environment.
+//! - [`demo`]: the demo chat page and its server-side presence service.
 //!
 //! The `halley` binary is a thin wrapper over [`server::run`].
 
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod protocol;
 pub mod server;
 pub mod transport;

@@ -7,12 +7,17 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::any;
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+use axum::http::{HeaderValue, Method};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::transport::{CONNECTION_TYPES, long_polling};
+use crate::demo;
+use crate::transport::{self, CONNECTION_TYPES};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +36,7 @@ pub fn app(broker: Broker) -> Router {
     let config = broker.config();
     let path = config.path.trim_end_matches('/');
     let limit = DefaultBodyLimit::max(config.max_body_bytes);
-    let endpoint = any(long_polling::endpoint);
+    let endpoint = any(transport::endpoint);
     let router = if path.is_empty() {
         Router::new()
             .route("/", endpoint.clone())
@@ -42,15 +47,47 @@ pub fn app(broker: Broker) -> Router {
             .route(&format!("{path}/"), endpoint.clone())
             .route(&format!("{path}/{{*rest}}"), endpoint)
     };
-    router
+    let mut router = router
         .layer(limit)
-        .layer(TraceLayer::new_for_http())
-        .with_state(broker)
+        .layer(cors(config))
+        .with_state(broker.clone());
+    if config.demo && !path.is_empty() {
+        router = router.merge(demo::routes(path));
+    }
+    router.layer(TraceLayer::new_for_http())
 }
 
-/// A broker built from `config` with the transports this build serves.
+/// CORS for cross-origin long-polling (BAYEUX.md 4.9): the request's origin is echoed
+/// (never `*`, since clients send credentials), preflights are answered with the
+/// requested headers, and origins outside a configured allow-list get no CORS headers.
+fn cors(config: &Config) -> CorsLayer {
+    let origins = if config.allowed_origins.is_empty() {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// A broker built from `config` with the transports this build serves (and, when the
+/// demo is on, its presence service). [`app`] expects a broker made here.
 pub fn broker(config: Config) -> Broker {
-    Broker::new(config, CONNECTION_TYPES)
+    let demo = config.demo;
+    let broker = Broker::new(config, CONNECTION_TYPES);
+    if demo {
+        demo::install(&broker);
+    }
+    broker
 }
 
 /// Serves `broker` on `listener` until `shutdown` completes; then answers every held

@@ -45,6 +45,8 @@ pub struct RequestContext {
     /// HTTP/2 and later: many requests share one connection, so the per-browser
     /// long-poll limit does not apply.
     pub multiplexed: bool,
+    /// The transport takes deliveries only on connect replies (callback-polling).
+    pub connect_only: bool,
 }
 
 /// The answer to one request.
@@ -89,9 +91,9 @@ pub struct Stats {
     pub dropped: u64,
 }
 
-/// Why a session was removed; decides the advice its held connect gets.
+/// Why a session was removed; also decides the advice its held connect gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Removal {
+pub enum Removal {
     /// The client sent `/meta/disconnect`.
     Disconnected,
     /// No connect for interval + maxInterval.
@@ -102,6 +104,26 @@ pub(crate) enum Removal {
     Overflow,
 }
 
+/// Something that happened to a session, for listeners registered with
+/// [`Broker::on_session_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent<'a> {
+    /// A handshake created the session.
+    Opened {
+        /// The new session's id.
+        client_id: &'a str,
+    },
+    /// The session is gone for good.
+    Closed {
+        /// The session's id.
+        client_id: &'a str,
+        /// Why it was removed.
+        reason: Removal,
+    },
+}
+
+type SessionListener = Arc<dyn Fn(&SessionEvent<'_>) + Send + Sync>;
+
 struct Shared {
     config: Config,
     /// Transport names for the handshake reply: only the ones that really work.
@@ -110,6 +132,7 @@ struct Shared {
     sessions: RwLock<HashMap<Box<str>, Arc<Session>>>,
     tree: RwLock<SubscriptionTree<Arc<Session>>>,
     services: RwLock<HashMap<Box<str>, Arc<dyn ServiceHandler>>>,
+    listeners: RwLock<Vec<SessionListener>>,
     /// Held connects per browser id, for the per-browser long-poll limit.
     browsers: Mutex<HashMap<Box<str>, u32>>,
     next_key: AtomicU64,
@@ -123,6 +146,20 @@ struct Shared {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
+}
+
+/// A handle that does not keep the broker alive, for handlers and listeners the broker
+/// itself owns (a strong handle there would be a reference cycle).
+#[derive(Clone)]
+pub struct WeakBroker {
+    shared: Weak<Shared>,
+}
+
+impl WeakBroker {
+    /// The broker, unless it has been dropped.
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.shared.upgrade().map(|shared| Broker { shared })
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -152,6 +189,7 @@ impl Broker {
                 sessions: RwLock::new(HashMap::new()),
                 tree: RwLock::new(SubscriptionTree::default()),
                 services: RwLock::new(HashMap::new()),
+                listeners: RwLock::new(Vec::new()),
                 browsers: Mutex::new(HashMap::new()),
                 next_key: AtomicU64::new(1),
                 epoch: Instant::now(),
@@ -184,6 +222,28 @@ impl Broker {
         Ok(())
     }
 
+    /// A handle that does not keep the broker alive.
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// Calls `listener` after every session is opened or closed. It runs on the request
+    /// path with no broker lock held, so it may publish; it must not block.
+    pub fn on_session_event(&self, listener: impl Fn(&SessionEvent<'_>) + Send + Sync + 'static) {
+        write(&self.shared.listeners).push(Arc::new(listener));
+    }
+
+    fn emit(&self, event: SessionEvent<'_>) {
+        let listeners = read(&self.shared.listeners).clone();
+        for listener in listeners {
+            if catch_unwind(AssertUnwindSafe(|| listener(&event))).is_err() {
+                tracing::error!(?event, "session listener panicked");
+            }
+        }
+    }
+
     /// Processes one request's batch. Completes at once unless the batch is a lone
     /// `/meta/connect` that has to be held.
     pub async fn handle(&self, batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
@@ -204,7 +264,7 @@ impl Broker {
         {
             return self.connect_alone(session, message, ctx).await;
         }
-        Outcome::Reply(self.process_batch(&batch, session.as_ref()))
+        Outcome::Reply(self.process_batch(&batch, session.as_ref(), ctx))
     }
 
     /// Publishes `data` on `channel` from the server side. Returns how many sessions it
@@ -331,6 +391,9 @@ impl Broker {
         ));
         write(&self.shared.sessions).insert(client_id.clone(), session);
         tracing::debug!(client_id = %client_id, "session created");
+        self.emit(SessionEvent::Opened {
+            client_id: &client_id,
+        });
         reply.client_id = Some(&client_id);
         reply.version = Some(BAYEUX_VERSION);
         reply.minimum_version = Some(BAYEUX_VERSION);
@@ -343,7 +406,12 @@ impl Broker {
     }
 
     /// Every batch except a lone connect that may be held.
-    fn process_batch(&self, batch: &[Message], session: Option<&Arc<Session>>) -> Response {
+    fn process_batch(
+        &self,
+        batch: &[Message],
+        session: Option<&Arc<Session>>,
+        ctx: &RequestContext,
+    ) -> Response {
         let first_is_connect = batch.first().and_then(|m| m.channel.as_deref()) == Some(CONNECT);
         // Deliveries caused by a non-connect request ride on its own response instead of
         // waking the held connect (BAYEUX.md 2.1 rule 6).
@@ -365,7 +433,7 @@ impl Broker {
                 state.batching -= 1;
             }
             if state.removed.is_none() {
-                if carried_connect || !state.connect_only {
+                if carried_connect || !(state.connect_only || ctx.connect_only) {
                     state.queue.drain_into(&mut messages);
                 } else if !state.queue.is_empty() {
                     state.wake_for_delivery();
@@ -845,7 +913,12 @@ impl Broker {
                 state.queue.drain_into(&mut gone);
             }
         }
+        drop(state);
         tracing::debug!(client_id = %session.client_id, reason = ?why, "session removed");
+        self.emit(SessionEvent::Closed {
+            client_id: &session.client_id,
+            reason: why,
+        });
         true
     }
 }

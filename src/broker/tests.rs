@@ -335,6 +335,7 @@ async fn an_aborted_held_connect_frees_its_slot_and_ages() {
     let ctx = RequestContext {
         browser_id: Some("browser1".into()),
         multiplexed: false,
+        connect_only: false,
     };
     let alice = session_as(&broker, &ctx).await;
     let held = held_connect_as(&broker, &alice, "h", ctx.clone());
@@ -365,6 +366,7 @@ async fn a_second_tab_gets_multiple_clients_advice_but_a_reload_does_not() {
     let ctx = RequestContext {
         browser_id: Some("tabs".into()),
         multiplexed: false,
+        connect_only: false,
     };
     let tab1 = session_as(&broker, &ctx).await;
     let tab2 = session_as(&broker, &ctx).await;
@@ -405,6 +407,7 @@ async fn multi_session_interval_zero_stops_the_extra_tab() {
     let ctx = RequestContext {
         browser_id: Some("b".into()),
         multiplexed: false,
+        connect_only: false,
     };
     let tab1 = session_as(&broker, &ctx).await;
     let tab2 = session_as(&broker, &ctx).await;

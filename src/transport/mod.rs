@@ -4,17 +4,121 @@
 //! [`crate::broker::Broker::handle`] and encodes the outcome. Everything they share, from
 //! body decoding to the `BAYEUX_BROWSER` cookie, lives here.
 
+pub mod callback_polling;
 pub mod long_polling;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use crate::broker::{Broker, Outcome, RequestContext};
+use crate::config::{Config, SameSite};
 use crate::protocol::{DecodeError, Message, decode_batch};
 
 /// The transports this build really serves, as advertised in handshake replies.
 /// `websocket` is absent on purpose: clients switch to anything listed.
-pub const CONNECTION_TYPES: &[&str] = &["long-polling"];
+pub const CONNECTION_TYPES: &[&str] = &["long-polling", "callback-polling"];
+
+/// Handles every request to the Bayeux path and anything below it (CometD JS appends
+/// `/handshake`, `/connect`… to the URL): POST is long-polling, GET with a `jsonp`
+/// parameter is callback-polling, other GETs with `message` are long-polling.
+pub async fn endpoint(
+    State(broker): State<Broker>,
+    method: Method,
+    version: Version,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or_default().as_bytes();
+    match method {
+        Method::POST => long_polling::post(&broker, version, &headers, &body).await,
+        Method::GET if is_websocket_upgrade(&headers) => {
+            TransportError::WebSocketRefused.into_response()
+        }
+        Method::GET if callback_polling::callback_param(query).is_some() => {
+            callback_polling::get(&broker, version, &headers, query).await
+        }
+        Method::GET => long_polling::get(&broker, version, &headers, query).await,
+        // Preflights with an Origin are answered by the CORS layer before they get here.
+        Method::OPTIONS => {
+            (StatusCode::OK, [(header::ALLOW, "GET, POST, OPTIONS")]).into_response()
+        }
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, POST, OPTIONS")],
+        )
+            .into_response(),
+    }
+}
+
+/// The part of a broker answer a transport envelopes: the messages, or a superseded
+/// connect, plus the cookie to set.
+pub(crate) struct Exchange {
+    outcome: Outcome,
+    set_cookie: Option<HeaderValue>,
+}
+
+impl Exchange {
+    /// Runs `batch` through the broker for a request with these headers. `connect_only`
+    /// keeps deliveries for connect replies (callback-polling).
+    pub(crate) async fn run(
+        broker: &Broker,
+        batch: Vec<Message>,
+        version: Version,
+        headers: &HeaderMap,
+        connect_only: bool,
+    ) -> Exchange {
+        let cookie = browser_cookie(headers);
+        // A browser gets its id with its first handshake.
+        let new_browser = cookie.is_none()
+            && batch
+                .iter()
+                .any(|m| m.channel.as_deref() == Some("/meta/handshake"));
+        let ctx = RequestContext {
+            browser_id: cookie.or_else(|| new_browser.then(new_browser_id)),
+            multiplexed: version >= Version::HTTP_2,
+            connect_only,
+        };
+        let outcome = broker.handle(batch, &ctx).await;
+        let handshake_succeeded = matches!(&outcome, Outcome::Reply(r) if r.handshake_succeeded);
+        let set_cookie = match ctx.browser_id.as_deref() {
+            Some(id) if new_browser && handshake_succeeded => {
+                browser_set_cookie(id, broker.config())
+            }
+            _ => None,
+        };
+        Exchange {
+            outcome,
+            set_cookie,
+        }
+    }
+
+    /// Writes the reply with `encode` as the body and `content_type`; a superseded connect
+    /// becomes an empty HTTP 500, as CometD answers it.
+    pub(crate) fn respond(
+        self,
+        content_type: &'static str,
+        encode: impl FnOnce(&[Bytes]) -> Vec<u8>,
+    ) -> Response {
+        let reply = match self.outcome {
+            Outcome::Reply(reply) => reply,
+            Outcome::Superseded => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+        let mut response = Response::new(axum::body::Body::from(encode(&reply.messages)));
+        let out = response.headers_mut();
+        out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        out.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
+        if let Some(cookie) = self.set_cookie {
+            out.insert(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+}
 
 /// Name of the cookie that identifies a browser across its tabs (BAYEUX.md 4.7).
 pub const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
@@ -33,6 +137,10 @@ pub enum TransportError {
     /// A GET with no `message` parameter.
     #[error("a GET request must carry a message parameter")]
     NoMessage,
+    /// A `jsonp` callback that is not a dotted JavaScript identifier path of at most 128
+    /// characters; it is refused rather than written into a script.
+    #[error("invalid jsonp callback name")]
+    BadCallback,
 }
 
 impl IntoResponse for TransportError {
@@ -124,9 +232,18 @@ pub fn new_browser_id() -> String {
     String::from_utf8(id).unwrap_or_default()
 }
 
-/// The `Set-Cookie` value that gives a browser its id.
-pub fn browser_set_cookie(id: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("{BROWSER_COOKIE}={id}; Path=/; HttpOnly")).ok()
+/// The `Set-Cookie` value that gives a browser its id, with the configured attributes.
+pub fn browser_set_cookie(id: &str, config: &Config) -> Option<HeaderValue> {
+    let same_site = match config.cookie_same_site {
+        SameSite::Lax => "Lax",
+        SameSite::Strict => "Strict",
+        SameSite::None => "None",
+    };
+    let secure = if config.cookie_secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{BROWSER_COOKIE}={id}; Path=/; HttpOnly; SameSite={same_site}{secure}"
+    ))
+    .ok()
 }
 
 /// Whether a request asks to upgrade to a websocket.
