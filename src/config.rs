@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
 use serde::Deserialize;
 
 /// What to do when a session's queue is full (BAYEUX.md 5.5).
@@ -31,6 +30,104 @@ pub enum SameSite {
     Strict,
     /// Sent on cross-site requests too; browsers require `Secure` with it.
     None,
+}
+
+/// Who a channel rule lets do something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Every session.
+    #[default]
+    Anyone,
+    /// Sessions whose handshake carried valid credentials.
+    Authenticated,
+    /// No client session (the server itself still may).
+    Nobody,
+}
+
+/// A channel rule: who may subscribe to and publish on channels matching `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// A channel name or Bayeux pattern (`/chat/*`, `/admin/**`).
+    pub pattern: String,
+    /// Who may subscribe.
+    #[serde(default)]
+    pub subscribe: Access,
+    /// Who may publish.
+    #[serde(default)]
+    pub publish: Access,
+}
+
+/// Handshake credentials and channel rules (the `[security]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Accept handshakes without credentials, as anonymous sessions.
+    pub anonymous: bool,
+    /// Shared secrets accepted in a handshake's `ext.auth.token`.
+    pub tokens: Vec<String>,
+    /// Secret for JWTs signed with HS256.
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for JWTs signed with RS256.
+    pub jwt_rs256_public_key: Option<PathBuf>,
+    /// Required `iss` claim, if set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub jwt_audience: Option<String>,
+    /// Channel rules, checked in order.
+    pub channels: Vec<ChannelRule>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            anonymous: true,
+            tokens: Vec::new(),
+            jwt_hs256_secret: None,
+            jwt_rs256_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// Something an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRight {
+    /// `POST /api/publish`.
+    Publish,
+    /// `GET /api/stats`.
+    Stats,
+    /// `POST /api/disconnect`.
+    Disconnect,
+}
+
+/// A key for the backend HTTP API and what it grants.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The bearer token.
+    pub key: String,
+    /// What it may do; every right when absent.
+    #[serde(default = "ApiKey::all_rights")]
+    pub rights: Vec<ApiRight>,
+}
+
+impl ApiKey {
+    fn all_rights() -> Vec<ApiRight> {
+        vec![ApiRight::Publish, ApiRight::Stats, ApiRight::Disconnect]
+    }
+
+    /// A key with every right.
+    pub fn with_all_rights(key: &str) -> ApiKey {
+        ApiKey {
+            key: key.to_string(),
+            rights: Self::all_rights(),
+        }
+    }
 }
 
 /// Every setting of the broker and its HTTP server.
@@ -77,6 +174,10 @@ pub struct Config {
     pub cookie_secure: bool,
     /// Serve the demo chat page at `/`.
     pub demo: bool,
+    /// Keys for the backend HTTP API under `/api`; the API is off when there are none.
+    pub api_keys: Vec<ApiKey>,
+    /// Handshake credentials and channel rules.
+    pub security: SecurityConfig,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
 }
@@ -103,6 +204,8 @@ impl Default for Config {
             cookie_same_site: SameSite::Lax,
             cookie_secure: false,
             demo: true,
+            api_keys: Vec::new(),
+            security: SecurityConfig::default(),
             log_level: "info".into(),
         }
     }
@@ -128,10 +231,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// `halley` command line. Every flag overrides the config file; every flag has an
+/// The server's flags. Every flag overrides the config file; every flag has an
 /// environment twin.
-#[derive(Debug, Default, Parser)]
-#[command(name = "halley", version, about = "A Bayeux (CometD) pub/sub broker")]
+#[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// TOML config file; its keys are the flag names in snake_case.
     #[arg(long, env = "HALLEY_CONFIG")]
@@ -205,6 +307,39 @@ pub struct Args {
     /// Serve the demo chat page at / [default: true].
     #[arg(long, env = "HALLEY_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub demo: Option<bool>,
+    /// Key for the backend HTTP API (/api), with every right; repeat or comma-separate
+    /// for several. Per-right keys go in the config file [default: API off].
+    #[arg(
+        long = "api-key",
+        env = "HALLEY_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
+    /// Shared secret accepted as a handshake's ext.auth.token; repeat or comma-separate.
+    #[arg(
+        long = "auth-token",
+        env = "HALLEY_AUTH_TOKENS",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Option<Vec<String>>,
+    /// Secret for handshake JWTs signed with HS256.
+    #[arg(
+        long,
+        env = "HALLEY_JWT_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for handshake JWTs signed with RS256.
+    #[arg(long, env = "HALLEY_JWT_RS256_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_rs256_public_key: Option<PathBuf>,
+    /// Accept handshakes without credentials [default: true].
+    #[arg(long, env = "HALLEY_ANONYMOUS", value_name = "BOOL")]
+    pub anonymous: Option<bool>,
     /// Log level or tracing filter directive [default: info].
     #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -245,6 +380,22 @@ impl Config {
             demo,
             log_level
         );
+        if let Some(keys) = args.api_keys {
+            config.api_keys = keys.iter().map(|k| ApiKey::with_all_rights(k)).collect();
+        }
+        let security = &mut config.security;
+        if let Some(tokens) = args.auth_tokens {
+            security.tokens = tokens;
+        }
+        if args.jwt_hs256_secret.is_some() {
+            security.jwt_hs256_secret = args.jwt_hs256_secret;
+        }
+        if args.jwt_rs256_public_key.is_some() {
+            security.jwt_rs256_public_key = args.jwt_rs256_public_key;
+        }
+        if let Some(anonymous) = args.anonymous {
+            security.anonymous = anonymous;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -289,6 +440,12 @@ impl Config {
                 "allowed origin {origin:?} is not an origin like https://example.com"
             ));
         }
+        if let Some(key) = self.api_keys.iter().find(|k| k.key.len() < 16) {
+            return invalid(&format!(
+                "API key {}… is shorter than 16 characters",
+                key.key.chars().take(3).collect::<String>()
+            ));
+        }
         if self.timeout > 24 * 3_600_000 || self.max_interval > 24 * 3_600_000 {
             return invalid("timeout and max_interval must be at most 24 hours");
         }
@@ -299,6 +456,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The flags alone, as the binary parses them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    impl Args {
+        fn try_parse_from<const N: usize>(argv: [&str; N]) -> Result<Args, clap::Error> {
+            Flags::try_parse_from(argv).map(|f| f.args)
+        }
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
@@ -331,6 +502,40 @@ mod tests {
         assert!(toml::from_str::<Config>("tiemout = 1").is_err());
         let args = Args::try_parse_from(["halley", "--path", "cometd"]).expect("args");
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn security_and_api_keys_come_from_the_file_or_flags() {
+        let config: Config = toml::from_str(
+            r#"
+            api_keys = [{ key = "0123456789abcdef", rights = ["stats"] }]
+            [security]
+            anonymous = false
+            tokens = ["t"]
+            [[security.channels]]
+            pattern = "/admin/**"
+            subscribe = "authenticated"
+            publish = "nobody"
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(config.api_keys[0].rights, vec![ApiRight::Stats]);
+        assert!(!config.security.anonymous);
+        assert_eq!(config.security.channels[0].publish, Access::Nobody);
+        let args = Args::try_parse_from([
+            "halley",
+            "--api-key",
+            "0123456789abcdef,fedcba9876543210",
+            "--auth-token",
+            "x",
+        ])
+        .expect("args");
+        let config = Config::load(args).expect("config");
+        assert_eq!(config.api_keys.len(), 2);
+        assert_eq!(config.api_keys[1].rights.len(), 3);
+        assert_eq!(config.security.tokens, vec!["x".to_string()]);
+        let args = Args::try_parse_from(["halley", "--api-key", "short"]).expect("args");
+        assert!(Config::load(args).is_err());
     }
 
     #[test]

@@ -10,15 +10,21 @@
 //! - [`transport`]: one file per Bayeux transport, adapting HTTP requests to broker
 //!   batches and back.
 //! - [`server`]: the axum router, binding and graceful shutdown.
+//! - [`api`]: the backend HTTP API (`/api/publish`, `/api/stats`, `/api/disconnect`).
+//! - [`security`]: the configurable policy — handshake tokens, JWTs, channel rules.
+//! - [`cli`]: the command line, including `halley publish`.
 //! - [`config`]: every setting, from defaults, a TOML file, flags and environment.
 //! - [`demo`]: the demo chat page and its server-side presence service.
 //!
 //! The `halley` binary is a thin wrapper over [`server::run`].
 
+pub mod api;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod transport;
 

@@ -1,14 +1,32 @@
-//! The `halley` server binary.
+//! The `halley` binary: serves the broker, or publishes through one (`halley publish`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use halley::config::{Args, Config};
+use halley::cli::{Cli, Command};
+use halley::config::Config;
 use tracing_subscriber::EnvFilter;
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Publish(args)) => match halley::cli::publish(&args) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("halley publish: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        None => serve(Config::load(cli.serve)),
+    }
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match Config::load(Args::parse()) {
+async fn serve(config: Result<Config, halley::config::ConfigError>) -> ExitCode {
+    let config = match config {
         Ok(config) => config,
         Err(error) => {
             eprintln!("halley: {error}");

@@ -16,8 +16,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::demo;
+use crate::config::ConfigError;
+use crate::security::ConfiguredPolicy;
 use crate::transport::{self, CONNECTION_TYPES};
+use crate::{api, demo};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[from] io::Error),
+    /// The configuration cannot be put into effect.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The whole HTTP application for `broker`: the Bayeux endpoint at the configured path,
@@ -54,6 +59,9 @@ pub fn app(broker: Broker) -> Router {
     if config.demo && !path.is_empty() {
         router = router.merge(demo::routes(path));
     }
+    if let Some(api) = api::routes(&broker) {
+        router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));
+    }
     router.layer(TraceLayer::new_for_http())
 }
 
@@ -79,15 +87,22 @@ fn cors(config: &Config) -> CorsLayer {
         .max_age(Duration::from_secs(86_400))
 }
 
-/// A broker built from `config` with the transports this build serves (and, when the
-/// demo is on, its presence service). [`app`] expects a broker made here.
-pub fn broker(config: Config) -> Broker {
+/// A broker built from `config` with the transports this build serves, the configured
+/// security policy and, when the demo is on, its presence service. [`app`] expects a
+/// broker made here.
+pub fn broker(config: Config) -> Result<Broker, ConfigError> {
+    let policy = ConfiguredPolicy::is_active(&config.security)
+        .then(|| ConfiguredPolicy::new(&config.security))
+        .transpose()?;
     let demo = config.demo;
     let broker = Broker::new(config, CONNECTION_TYPES);
+    if let Some(policy) = policy {
+        broker.set_policy(policy);
+    }
     if demo {
         demo::install(&broker);
     }
-    broker
+    Ok(broker)
 }
 
 /// Serves `broker` on `listener` until `shutdown` completes; then answers every held
@@ -121,7 +136,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("halley listening on http://{local}{}", config.path);
     tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, "halley started");
-    serve(listener, broker(config), shutdown_signal()).await
+    let broker = broker(config)?;
+    serve(listener, broker, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -5,6 +5,8 @@
 //! [`Outcome`]. Locks are plain mutexes held for microseconds and never across an await;
 //! the lock order is session state, then the subscription tree, then the browser table.
 
+mod local;
+mod policy;
 mod service;
 mod session;
 mod tree;
@@ -20,6 +22,10 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use local::LocalSession;
+pub use policy::{
+    AllowAll, HandshakeRequest, HandshakeVerdict, MessageHook, SecurityPolicy, SessionInfo,
+};
 pub use service::{ServiceCall, ServiceHandler, ServiceReply, echo};
 pub use tree::{SubscriberKey, SubscriptionTree};
 
@@ -113,6 +119,21 @@ pub enum SessionEvent<'a> {
         /// The new session's id.
         client_id: &'a str,
     },
+    /// The session subscribed to a broadcast pattern it did not hold.
+    Subscribed {
+        /// The session's id.
+        client_id: &'a str,
+        /// The pattern, as the client sent it.
+        channel: &'a str,
+    },
+    /// The session dropped one of its subscriptions (expiry and disconnect drop them all
+    /// without this event; `Closed` says so).
+    Unsubscribed {
+        /// The session's id.
+        client_id: &'a str,
+        /// The pattern.
+        channel: &'a str,
+    },
     /// The session is gone for good.
     Closed {
         /// The session's id.
@@ -133,6 +154,8 @@ struct Shared {
     tree: RwLock<SubscriptionTree<Arc<Session>>>,
     services: RwLock<HashMap<Box<str>, Arc<dyn ServiceHandler>>>,
     listeners: RwLock<Vec<SessionListener>>,
+    policy: RwLock<Arc<dyn SecurityPolicy>>,
+    hooks: RwLock<Vec<Arc<dyn MessageHook>>>,
     /// Held connects per browser id, for the per-browser long-poll limit.
     browsers: Mutex<HashMap<Box<str>, u32>>,
     next_key: AtomicU64,
@@ -190,6 +213,8 @@ impl Broker {
                 tree: RwLock::new(SubscriptionTree::default()),
                 services: RwLock::new(HashMap::new()),
                 listeners: RwLock::new(Vec::new()),
+                policy: RwLock::new(Arc::new(AllowAll)),
+                hooks: RwLock::new(Vec::new()),
                 browsers: Mutex::new(HashMap::new()),
                 next_key: AtomicU64::new(1),
                 epoch: Instant::now(),
@@ -235,6 +260,40 @@ impl Broker {
         write(&self.shared.listeners).push(Arc::new(listener));
     }
 
+    /// Replaces the security policy (the default allows everything).
+    pub fn set_policy(&self, policy: impl SecurityPolicy) {
+        *write(&self.shared.policy) = Arc::new(policy);
+    }
+
+    /// Adds a hook that sees every incoming message and every publish; hooks run in the
+    /// order they were added.
+    pub fn add_hook(&self, hook: impl MessageHook) {
+        write(&self.shared.hooks).push(Arc::new(hook));
+    }
+
+    fn policy(&self) -> Arc<dyn SecurityPolicy> {
+        read(&self.shared.policy).clone()
+    }
+
+    /// Runs the incoming hooks over a batch; returns which messages they deleted (empty
+    /// when there are no hooks).
+    fn run_incoming(&self, batch: &mut [Message], session: Option<&Session>) -> Vec<bool> {
+        let hooks = read(&self.shared.hooks).clone();
+        if hooks.is_empty() {
+            return Vec::new();
+        }
+        let info = session.map(Session::info);
+        batch
+            .iter_mut()
+            .map(|message| {
+                !hooks.iter().all(|hook| {
+                    catch_unwind(AssertUnwindSafe(|| hook.incoming(info.as_ref(), message)))
+                        .unwrap_or(false)
+                })
+            })
+            .collect()
+    }
+
     fn emit(&self, event: SessionEvent<'_>) {
         let listeners = read(&self.shared.listeners).clone();
         for listener in listeners {
@@ -246,30 +305,54 @@ impl Broker {
 
     /// Processes one request's batch. Completes at once unless the batch is a lone
     /// `/meta/connect` that has to be held.
-    pub async fn handle(&self, batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
-        if let Some(handshake) = batch
+    pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
+        if let Some(at) = batch
             .iter()
-            .find(|m| m.channel.as_deref() == Some(HANDSHAKE))
+            .position(|m| m.channel.as_deref() == Some(HANDSHAKE))
         {
             // A handshake must be alone; anything batched with it has no effect.
-            return Outcome::Reply(self.handshake(handshake, ctx));
+            let handshake = &mut batch[at..=at];
+            if self.run_incoming(handshake, None).first() == Some(&true) {
+                return Outcome::Reply(single(
+                    Reply::failed(&handshake[0], BayeuxError::MessageDeleted).encode(),
+                ));
+            }
+            return Outcome::Reply(self.handshake(&handshake[0], ctx));
         }
         let session = batch
             .first()
             .and_then(|m| m.client_id.as_deref())
             .and_then(|id| self.find_session(id, ctx));
-        if let ([message], Some(session)) = (batch.as_slice(), &session)
+        let deleted = self.run_incoming(&mut batch, session.as_deref());
+        if let ([message], Some(session), []) = (batch.as_slice(), &session, deleted.as_slice())
             && message.channel.as_deref() == Some(CONNECT)
             && message.id_is_valid()
         {
             return self.connect_alone(session, message, ctx).await;
         }
-        Outcome::Reply(self.process_batch(&batch, session.as_ref(), ctx))
+        Outcome::Reply(self.process_batch(&batch, session.as_ref(), ctx, &deleted))
     }
 
     /// Publishes `data` on `channel` from the server side. Returns how many sessions it
     /// was queued for.
     pub fn publish(&self, channel: &str, data: &Value) -> Result<usize, BayeuxError> {
+        let data =
+            serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::ChannelInvalid)?;
+        self.publish_message(Message {
+            channel: Some(channel.to_string()),
+            data: Some(data),
+            ..Message::default()
+        })
+    }
+
+    /// Publishes a whole message (`channel`, `data`, `ext`) from the server side, through
+    /// the security policy and the outgoing hooks. Returns how many sessions it was queued
+    /// for.
+    pub fn publish_message(&self, message: Message) -> Result<usize, BayeuxError> {
+        let channel = message
+            .channel
+            .as_deref()
+            .ok_or(BayeuxError::ChannelMissing)?;
         let name = ChannelName::parse(channel).map_err(|_| BayeuxError::ChannelInvalid)?;
         if name.wildcard().is_some() {
             return Err(BayeuxError::ChannelInvalid);
@@ -277,15 +360,10 @@ impl Broker {
         if name.class() != ChannelClass::Broadcast {
             return Err(BayeuxError::MetaPublishDenied);
         }
-        let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::ChannelInvalid)?;
-        let bytes = Delivery {
-            channel,
-            data: &raw,
-            ext: None,
-            timestamp: None,
+        if !self.policy().can_publish(None, &name) {
+            return Err(BayeuxError::PublishDenied(channel.to_string()));
         }
-        .encode();
-        Ok(self.fan_out(&name, bytes, None))
+        self.broadcast(&name, &message, None)
     }
 
     /// Removes the session `client_id` from the server side: its held connect is answered
@@ -378,6 +456,26 @@ impl Broker {
             });
             return single(reply.encode());
         }
+        let ext: Option<Value> = message
+            .ext
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let verdict = self.policy().can_handshake(&HandshakeRequest {
+            ext: ext.as_ref(),
+            browser_id: ctx.browser_id.as_deref(),
+        });
+        let (identity, reply_ext) = match verdict {
+            HandshakeVerdict::Allow {
+                identity,
+                reply_ext,
+            } => (identity, reply_ext),
+            HandshakeVerdict::Deny { reason } => {
+                tracing::info!(%reason, "handshake denied");
+                reply.fail(BayeuxError::HandshakeDenied);
+                reply.advice = Some(Advice::NONE);
+                return single(reply.encode());
+            }
+        };
         let client_id: Box<str> = format!("{:032x}", rand::random::<u128>()).into();
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let deadline = self.now_ms() + config.interval + config.max_interval;
@@ -385,6 +483,7 @@ impl Broker {
             key,
             client_id.clone(),
             ctx.browser_id.as_deref().map(Into::into),
+            identity.map(Into::into),
             config.max_queue,
             config.connect_only_delivery,
             deadline,
@@ -399,6 +498,7 @@ impl Broker {
         reply.minimum_version = Some(BAYEUX_VERSION);
         reply.supported_connection_types = Some(&self.shared.connection_types);
         reply.advice = Some(Advice::retry(config.interval, config.timeout));
+        reply.ext = reply_ext;
         Response {
             messages: vec![reply.encode()],
             handshake_succeeded: true,
@@ -411,6 +511,7 @@ impl Broker {
         batch: &[Message],
         session: Option<&Arc<Session>>,
         ctx: &RequestContext,
+        deleted: &[bool],
     ) -> Response {
         let first_is_connect = batch.first().and_then(|m| m.channel.as_deref()) == Some(CONNECT);
         // Deliveries caused by a non-connect request ride on its own response instead of
@@ -422,8 +523,12 @@ impl Broker {
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut carried_connect = false;
-        for message in batch {
-            let reply = self.process_message(message, session, &mut carried_connect);
+        for (i, message) in batch.iter().enumerate() {
+            let reply = if deleted.get(i) == Some(&true) {
+                Reply::failed(message, BayeuxError::MessageDeleted).encode()
+            } else {
+                self.process_message(message, session, &mut carried_connect)
+            };
             replies.push(reply);
         }
         let mut messages = Vec::new();
@@ -480,13 +585,13 @@ impl Broker {
                 state.connected = true;
                 self.connect_reply(session, &mut state, message, Ending::Open)
             }
-            SUBSCRIBE => self.subscribe(message, session).encode(),
-            UNSUBSCRIBE => self.unsubscribe(message, session).encode(),
+            SUBSCRIBE => outcome(message, self.subscribe(message, session)),
+            UNSUBSCRIBE => outcome(message, self.unsubscribe(message, session)),
             DISCONNECT => {
                 self.remove_session(session, Removal::Disconnected);
                 Reply::to(message).encode()
             }
-            _ => self.publish_from(message, channel, session).encode(),
+            _ => outcome(message, self.publish_from(message, channel, session)),
         }
     }
 
@@ -716,80 +821,128 @@ impl Broker {
         }
     }
 
-    fn subscribe<'m>(&self, message: &'m Message, session: &Arc<Session>) -> Reply<'m> {
-        let patterns = match Self::patterns(message) {
-            Ok(p) => p,
-            Err(e) => return Reply::failed(message, e),
-        };
+    /// Subscribes `session` to every pattern of `message`, all or nothing.
+    fn subscribe(&self, message: &Message, session: &Arc<Session>) -> Result<(), BayeuxError> {
+        let patterns = Self::patterns(message)?;
         if patterns.iter().any(|p| p.class() == ChannelClass::Meta) {
-            return Reply::failed(message, BayeuxError::MetaSubscribeDenied);
-        }
-        let mut state = session.lock();
-        if state.removed.is_some() {
-            return Reply::failed(message, BayeuxError::SessionUnknown);
+            return Err(BayeuxError::MetaSubscribeDenied);
         }
         // Service subscriptions succeed and record nothing (BAYEUX.md 1.4).
         let mut fresh: Vec<&ChannelName<'_>> = patterns
             .iter()
             .filter(|p| p.class() == ChannelClass::Broadcast)
-            .filter(|p| !state.subscriptions.contains(p.as_str()))
             .collect();
         fresh.sort_unstable_by_key(|p| p.as_str());
         fresh.dedup_by_key(|p| p.as_str());
-        if state.subscriptions.len() + fresh.len() > self.shared.config.max_subscriptions {
-            return Reply::failed(message, BayeuxError::SubscriptionLimit);
+        let policy = self.policy();
+        if let Some(denied) = fresh
+            .iter()
+            .find(|p| !policy.can_subscribe(&session.info(), p))
+        {
+            return Err(BayeuxError::SubscribeDenied(denied.as_str().to_string()));
         }
-        let mut tree = write(&self.shared.tree);
-        for pattern in fresh {
-            if state.subscriptions.insert(pattern.as_str().into()) {
+        let added: Vec<&ChannelName<'_>> = {
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                return Err(BayeuxError::SessionUnknown);
+            }
+            fresh.retain(|p| !state.subscriptions.contains(p.as_str()));
+            if state.subscriptions.len() + fresh.len() > self.shared.config.max_subscriptions {
+                return Err(BayeuxError::SubscriptionLimit);
+            }
+            let mut tree = write(&self.shared.tree);
+            for pattern in &fresh {
+                state.subscriptions.insert(pattern.as_str().into());
                 tree.insert(pattern, session.key, session.clone());
             }
+            fresh
+        };
+        for pattern in added {
+            self.emit(SessionEvent::Subscribed {
+                client_id: &session.client_id,
+                channel: pattern.as_str(),
+            });
         }
-        Reply::to(message)
+        Ok(())
     }
 
-    fn unsubscribe<'m>(&self, message: &'m Message, session: &Session) -> Reply<'m> {
-        let patterns = match Self::patterns(message) {
-            Ok(p) => p,
-            Err(e) => return Reply::failed(message, e),
-        };
+    /// Unsubscribes `session` from every pattern of `message`; unknown ones are ignored.
+    fn unsubscribe(&self, message: &Message, session: &Session) -> Result<(), BayeuxError> {
+        let patterns = Self::patterns(message)?;
         if patterns.iter().any(|p| p.class() == ChannelClass::Meta) {
-            return Reply::failed(message, BayeuxError::UnsubscribeFailed);
+            return Err(BayeuxError::UnsubscribeFailed);
         }
-        let mut state = session.lock();
-        if state.removed.is_some() {
-            return Reply::failed(message, BayeuxError::SessionUnknown);
-        }
-        let mut tree = write(&self.shared.tree);
-        for pattern in &patterns {
-            if state.subscriptions.remove(pattern.as_str()) {
-                tree.remove(pattern, session.key);
+        let mut removed = Vec::new();
+        {
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                return Err(BayeuxError::SessionUnknown);
+            }
+            let mut tree = write(&self.shared.tree);
+            for pattern in &patterns {
+                if state.subscriptions.remove(pattern.as_str()) {
+                    tree.remove(pattern, session.key);
+                    removed.push(pattern);
+                }
             }
         }
-        Reply::to(message)
+        for pattern in removed {
+            self.emit(SessionEvent::Unsubscribed {
+                client_id: &session.client_id,
+                channel: pattern.as_str(),
+            });
+        }
+        Ok(())
     }
 
-    fn publish_from<'m>(
+    /// A publish by `session` (a client or an in-process session).
+    fn publish_from(
         &self,
-        message: &'m Message,
+        message: &Message,
         channel: &str,
         session: &Arc<Session>,
-    ) -> Reply<'m> {
+    ) -> Result<(), BayeuxError> {
         let name = match ChannelName::parse(channel) {
             Ok(name) if name.wildcard().is_none() => name,
-            _ => return Reply::failed(message, BayeuxError::ChannelInvalid),
+            _ => return Err(BayeuxError::ChannelInvalid),
         };
+        if name.class() == ChannelClass::Meta {
+            return Err(BayeuxError::MetaPublishDenied);
+        }
+        if !self.policy().can_publish(Some(&session.info()), &name) {
+            return Err(BayeuxError::PublishDenied(channel.to_string()));
+        }
         match name.class() {
-            ChannelClass::Meta => Reply::failed(message, BayeuxError::MetaPublishDenied),
             ChannelClass::Service => self.call_service(message, channel, session),
-            ChannelClass::Broadcast => {
-                let bytes = Delivery::of(channel, message).encode();
+            _ => {
                 let publisher =
                     Some(&**session).filter(|_| !self.shared.config.broadcast_to_publisher);
-                self.fan_out(&name, bytes, publisher);
-                Reply::to(message)
+                self.broadcast(&name, message, publisher).map(drop)
             }
         }
+    }
+
+    /// Runs the outgoing hooks on a publish, serializes it once and fans it out.
+    fn broadcast(
+        &self,
+        name: &ChannelName<'_>,
+        message: &Message,
+        skip: Option<&Session>,
+    ) -> Result<usize, BayeuxError> {
+        let hooks = read(&self.shared.hooks).clone();
+        let bytes = if hooks.is_empty() {
+            Delivery::of(name.as_str(), message).encode()
+        } else {
+            let mut copy = message.clone();
+            for hook in &hooks {
+                let keep = catch_unwind(AssertUnwindSafe(|| hook.outgoing(&mut copy)));
+                if !keep.unwrap_or(false) {
+                    return Err(BayeuxError::MessageDeleted);
+                }
+            }
+            Delivery::of(name.as_str(), &copy).encode()
+        };
+        Ok(self.fan_out(name, bytes, skip))
     }
 
     /// Queues `bytes` for every session subscribed to `channel` except `skip`. Returns how
@@ -834,15 +987,15 @@ impl Broker {
         queued
     }
 
-    fn call_service<'m>(
+    fn call_service(
         &self,
-        message: &'m Message,
+        message: &Message,
         channel: &str,
         session: &Session,
-    ) -> Reply<'m> {
+    ) -> Result<(), BayeuxError> {
         let handler = read(&self.shared.services).get(channel).cloned();
         let Some(handler) = handler else {
-            return Reply::to(message);
+            return Ok(());
         };
         let call = ServiceCall {
             channel,
@@ -853,11 +1006,11 @@ impl Broker {
             Ok(answer) => answer,
             Err(_) => {
                 tracing::error!(channel, "service handler panicked");
-                return Reply::failed(message, BayeuxError::HandlerFailed);
+                return Err(BayeuxError::HandlerFailed);
             }
         };
         let (successful, data) = match answer {
-            ServiceReply::Silent => return Reply::to(message),
+            ServiceReply::Silent => return Ok(()),
             ServiceReply::Answer(data) => (true, data),
             ServiceReply::Failure(data) => (false, data),
         };
@@ -872,7 +1025,7 @@ impl Broker {
         // An answer the caller waits for is not subject to the overflow policy.
         state.queue.push_unbounded(direct);
         state.wake_for_delivery();
-        Reply::to(message)
+        Ok(())
     }
 
     /// Removes a session for good. Returns false if it was already gone (or, for expiry,
@@ -956,6 +1109,14 @@ impl Drop for HeldGuard<'_> {
         let mut state = self.session.lock();
         self.broker
             .release_held(self.session, &mut state, self.generation);
+    }
+}
+
+/// The encoded reply to `message` for the result of acting on it.
+fn outcome(message: &Message, result: Result<(), BayeuxError>) -> Bytes {
+    match result {
+        Ok(()) => Reply::to(message).encode(),
+        Err(error) => Reply::failed(message, error).encode(),
     }
 }
 

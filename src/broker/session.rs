@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::Removal;
 use super::tree::SubscriberKey;
+use super::{Removal, SessionInfo};
 use crate::config::OverflowPolicy;
 
 /// Why a held connect was woken.
@@ -147,6 +147,8 @@ pub(crate) struct Session {
     pub client_id: Box<str>,
     /// The `BAYEUX_BROWSER` id the session was created under, if any.
     pub browser_id: Option<Box<str>>,
+    /// Who the security policy authenticated at handshake; `None` for anonymous.
+    pub identity: Option<Box<str>>,
     /// When the sweeper may remove the session, in broker milliseconds; `u64::MAX` while a
     /// connect is held. Atomic so the sweeper scans without taking the session lock.
     deadline: AtomicU64,
@@ -158,6 +160,7 @@ impl Session {
         key: SubscriberKey,
         client_id: Box<str>,
         browser_id: Option<Box<str>>,
+        identity: Option<Box<str>>,
         capacity: usize,
         connect_only: bool,
         deadline: u64,
@@ -166,6 +169,7 @@ impl Session {
             key,
             client_id,
             browser_id,
+            identity,
             deadline: AtomicU64::new(deadline),
             state: Mutex::new(SessionState {
                 queue: DeliveryQueue::new(capacity),
@@ -186,6 +190,14 @@ impl Session {
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The session as hooks see it.
+    pub fn info(&self) -> SessionInfo<'_> {
+        SessionInfo {
+            client_id: &self.client_id,
+            identity: self.identity.as_deref(),
+        }
     }
 
     pub fn deadline(&self) -> u64 {
@@ -275,7 +287,7 @@ mod tests {
 
     #[test]
     fn a_connect_is_woken_once_and_not_while_batching() {
-        let session = Session::new(1, "c".into(), None, 10, false, 0);
+        let session = Session::new(1, "c".into(), None, None, 10, false, 0);
         let (tx, mut rx) = oneshot::channel();
         let mut state = session.lock();
         let generation = state.next_generation();

@@ -146,6 +146,39 @@ impl<'a> ChannelName<'a> {
     }
 }
 
+impl ChannelName<'_> {
+    /// The segments before the trailing wildcard (all of them for an exact name).
+    fn literal(&self) -> impl Iterator<Item = &str> {
+        let count = self.segments().count() - usize::from(self.wildcard.is_some());
+        self.segments().take(count)
+    }
+
+    /// The range of segment counts of the channels this pattern matches.
+    fn depths(&self) -> (usize, usize) {
+        let n = self.literal().count();
+        match self.wildcard {
+            None => (n, n),
+            Some(Wildcard::One) => (n + 1, n + 1),
+            Some(Wildcard::Many) => (n + 1, usize::MAX),
+        }
+    }
+
+    /// Whether some concrete channel matches both patterns.
+    pub fn overlaps(&self, other: &ChannelName<'_>) -> bool {
+        let (lo_a, hi_a) = self.depths();
+        let (lo_b, hi_b) = other.depths();
+        self.literal().zip(other.literal()).all(|(a, b)| a == b) && lo_a <= hi_b && lo_b <= hi_a
+    }
+
+    /// Whether every channel that `other` matches is matched by this pattern too.
+    pub fn contains(&self, other: &ChannelName<'_>) -> bool {
+        let (lo_a, hi_a) = self.depths();
+        let (lo_b, hi_b) = other.depths();
+        let mut theirs = other.literal();
+        self.literal().all(|mine| theirs.next() == Some(mine)) && lo_a <= lo_b && hi_b <= hi_a
+    }
+}
+
 /// CometD's channel character set: letters, digits, space and `!#$()*+-./@_{~}`.
 fn is_channel_char(c: char) -> bool {
     c.is_ascii_alphanumeric()
@@ -206,6 +239,33 @@ mod tests {
         assert_eq!(ok("/metadata").class(), ChannelClass::Broadcast);
         assert_eq!(ok("/services/x").class(), ChannelClass::Broadcast);
         assert_eq!(ok("/chat/meta").class(), ChannelClass::Broadcast);
+    }
+
+    #[test]
+    fn overlap_and_containment_of_patterns() {
+        let cases = [
+            // (a, b, a overlaps b, a contains b)
+            ("/a/**", "/a/b", true, true),
+            ("/a/**", "/a/*", true, true),
+            ("/a/**", "/**", true, false),
+            ("/a/*", "/a/b/c", false, false),
+            ("/a/*", "/a/b", true, true),
+            ("/a/*", "/a/**", true, false),
+            ("/a/b", "/a/*", true, false),
+            ("/a/b", "/a/b", true, true),
+            ("/a/b", "/a/c", false, false),
+            ("/a", "/a/*", false, false),
+            ("/**", "/x/y/z", true, true),
+            ("/*", "/a/**", false, false),
+            ("/*", "/a", true, true),
+            ("/a/b/**", "/a/*", false, false),
+            ("/a/b/**", "/a/**", true, false),
+        ];
+        for (a, b, overlaps, contains) in cases {
+            assert_eq!(ok(a).overlaps(&ok(b)), overlaps, "{a} overlaps {b}");
+            assert_eq!(ok(b).overlaps(&ok(a)), overlaps, "{b} overlaps {a}");
+            assert_eq!(ok(a).contains(&ok(b)), contains, "{a} contains {b}");
+        }
     }
 
     #[test]

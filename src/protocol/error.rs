@@ -29,6 +29,18 @@ pub enum BayeuxError {
     /// A publish to a `/meta/` channel that is not one of the protocol's.
     #[error("403:denied_by_security_policy:channel_create_denied")]
     MetaPublishDenied,
+    /// The security policy refused the handshake.
+    #[error("403::Handshake denied")]
+    HandshakeDenied,
+    /// The security policy refused a subscription to this channel.
+    #[error("403:{0}:subscribe_denied")]
+    SubscribeDenied(String),
+    /// The security policy refused a publish to this channel.
+    #[error("403:{0}:publish_denied")]
+    PublishDenied(String),
+    /// A hook deleted the message.
+    #[error("404::message_deleted")]
+    MessageDeleted,
     /// A session holds as many subscriptions as it may.
     #[error("403:subscription_limit:subscribe_denied")]
     SubscriptionLimit,
@@ -65,6 +77,10 @@ mod tests {
             BayeuxError::MessageIdInvalid,
             BayeuxError::HandlerFailed,
             BayeuxError::ServerUnavailable,
+            BayeuxError::HandshakeDenied,
+            BayeuxError::SubscribeDenied("/a/b".into()),
+            BayeuxError::PublishDenied("/a".into()),
+            BayeuxError::MessageDeleted,
         ] {
             let text = e.to_string();
             let parts: Vec<_> = text.splitn(3, ':').collect();

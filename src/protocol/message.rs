@@ -22,7 +22,7 @@ pub const BAYEUX_VERSION: &str = "1.0";
 ///
 /// Fields this broker does not act on (`version`, `supportedConnectionTypes`,
 /// `connectionType`, legacy fields) are accepted and ignored.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct Message {
     /// Mandatory in practice; a message without it gets `400::channel_missing`.
     pub channel: Option<String>,

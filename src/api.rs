@@ -1,0 +1,217 @@
+//! The backend HTTP API under `/api`, apart from the Bayeux path: services in any
+//! language publish, read statistics and disconnect sessions with a bearer key.
+//!
+//! - `POST /api/publish` — `{channel, data, ext?}` or an array of them; answers how many
+//!   sessions each message was queued for.
+//! - `GET /api/stats` — sessions, subscriptions and message counters.
+//! - `POST /api/disconnect` — `{clientId}`; the session's held connect is told to stop.
+//!
+//! The API is only mounted when at least one key is configured.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::broker::Broker;
+use crate::config::{ApiKey, ApiRight};
+use crate::protocol::{ChannelClass, ChannelName, Message};
+
+/// Why an API request failed; each maps to a status and a JSON `{"error": …}` body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization: Bearer` header, or an unknown key.
+    #[error("missing or unknown API key: send Authorization: Bearer <key>")]
+    Unauthorized,
+    /// The key does not grant this operation.
+    #[error("this API key may not {0:?}")]
+    Forbidden(ApiRight),
+    /// The body is not what the endpoint takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        };
+        let mut response = (status, Json(json!({"error": self.to_string()}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+        }
+        response
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    broker: Broker,
+    keys: Arc<[ApiKey]>,
+}
+
+impl ApiState {
+    /// Checks the bearer key and that it grants `right`.
+    fn authorize(&self, headers: &HeaderMap, right: ApiRight) -> Result<(), ApiError> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())))
+            .ok_or(ApiError::Unauthorized)?;
+        if key.rights.contains(&right) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(right))
+        }
+    }
+}
+
+/// The API routes, or `None` when no key is configured.
+pub fn routes(broker: &Broker) -> Option<Router> {
+    let keys = &broker.config().api_keys;
+    if keys.is_empty() {
+        return None;
+    }
+    let state = ApiState {
+        broker: broker.clone(),
+        keys: keys.clone().into(),
+    };
+    Some(
+        Router::new()
+            .route("/api/publish", post(publish))
+            .route("/api/stats", get(stats))
+            .route("/api/disconnect", post(disconnect))
+            .with_state(state),
+    )
+}
+
+/// Parses one `{channel, data, ext?}` item into a message the broker publishes.
+fn publish_item(index: usize, item: Value) -> Result<Message, ApiError> {
+    let at = |what: &str| ApiError::BadRequest(format!("message {index}: {what}"));
+    let Value::Object(mut fields) = item else {
+        return Err(at("must be an object {channel, data, ext?}"));
+    };
+    let channel = match fields.remove("channel") {
+        Some(Value::String(channel)) => channel,
+        _ => return Err(at("channel must be a string")),
+    };
+    match ChannelName::parse(&channel) {
+        Err(e) => return Err(at(&format!("invalid channel {channel:?}: {e}"))),
+        Ok(name) if name.wildcard().is_some() => {
+            return Err(at(&format!("cannot publish to the wildcard {channel:?}")));
+        }
+        Ok(name) if name.class() != ChannelClass::Broadcast => {
+            return Err(at(&format!(
+                "{channel:?} is a meta or service channel; publish to a broadcast channel"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let raw = |value: Value| {
+        serde_json::value::to_raw_value(&value).map_err(|e| at(&format!("unencodable value: {e}")))
+    };
+    let ext = match fields.remove("ext") {
+        None | Some(Value::Null) => None,
+        Some(ext @ Value::Object(_)) => Some(raw(ext)?),
+        Some(_) => return Err(at("ext must be an object")),
+    };
+    if let Some(unknown) = fields.keys().find(|k| *k != "data") {
+        return Err(at(&format!("unknown field {unknown:?}")));
+    }
+    Ok(Message {
+        channel: Some(channel),
+        data: Some(raw(fields.remove("data").unwrap_or(Value::Null))?),
+        ext,
+        ..Message::default()
+    })
+}
+
+async fn publish(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, ApiRight::Publish)?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+    let (items, single) = match value {
+        Value::Array(items) if !items.is_empty() => (items, false),
+        Value::Array(_) => return Err(ApiError::BadRequest("empty array".into())),
+        item => (vec![item], true),
+    };
+    // Validate everything first, so a bad item publishes nothing.
+    let messages = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| publish_item(i, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results: Vec<Value> = messages
+        .into_iter()
+        .map(|message| {
+            let channel = message.channel.clone().unwrap_or_default();
+            match api.broker.publish_message(message) {
+                Ok(queued) => json!({"channel": channel, "queued": queued}),
+                Err(error) => json!({"channel": channel, "error": error.to_string()}),
+            }
+        })
+        .collect();
+    let body = if single {
+        results.into_iter().next().unwrap_or(Value::Null)
+    } else {
+        Value::Array(results)
+    };
+    Ok(Json(body).into_response())
+}
+
+async fn stats(State(api): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.authorize(&headers, ApiRight::Stats)?;
+    let s = api.broker.stats();
+    Ok(Json(json!({
+        "sessions": s.sessions,
+        "subscriptions": s.subscriptions,
+        "published": s.published,
+        "delivered": s.delivered,
+        "dropped": s.dropped,
+    }))
+    .into_response())
+}
+
+async fn disconnect(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, ApiRight::Disconnect)?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+    let client_id = value
+        .get("clientId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("body must be {\"clientId\": \"…\"}".into()))?;
+    if api.broker.disconnect(client_id) {
+        Ok(Json(json!({"disconnected": client_id})).into_response())
+    } else {
+        Err(ApiError::NotFound(format!("no session {client_id:?}")))
+    }
+}
