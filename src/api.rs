@@ -215,3 +215,115 @@ async fn disconnect(
         Err(ApiError::NotFound(format!("no session {client_id:?}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    const ADMIN: &str = "admin-key-0123456789";
+    const STATS_ONLY: &str = "stats-key-0123456789";
+
+    fn app() -> (Broker, Router) {
+        let config = Config {
+            api_keys: vec![
+                ApiKey::with_all_rights(ADMIN),
+                ApiKey {
+                    key: STATS_ONLY.into(),
+                    rights: vec![ApiRight::Stats],
+                },
+            ],
+            ..Config::default()
+        };
+        let broker = crate::server::broker(config).expect("broker");
+        (broker.clone(), crate::server::app(broker))
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, key: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(Body::from(body.to_string())).expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn keys_are_required_and_rights_enforced() {
+        let (_, app) = app();
+        let body = r#"{"channel":"/a","data":1}"#;
+        assert_eq!(call(&app, "POST", "/api/publish", None, body).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/api/publish", Some("wrong-key-0123456789"), body).await.0, StatusCode::UNAUTHORIZED);
+        let (status, answer) = call(&app, "POST", "/api/publish", Some(STATS_ONLY), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(answer["error"].as_str().expect("error").contains("Publish"));
+        assert_eq!(call(&app, "GET", "/api/stats", Some(STATS_ONLY), "").await.0, StatusCode::OK);
+        assert_eq!(call(&app, "POST", "/api/publish", Some(ADMIN), body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn publish_reports_recipients_and_refuses_bad_input() {
+        let (broker, app) = app();
+        let mut local = broker.open_local_session(None);
+        local.subscribe("/stocks/*").expect("subscribe");
+        let (status, answer) = call(&app, "POST", "/api/publish", Some(ADMIN), r#"{"channel":"/stocks/ACME","data":{"p":1},"ext":{"src":"api"}}"#).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer, json!({"channel": "/stocks/ACME", "queued": 1}));
+        let received = local.receive().await.expect("delivery");
+        assert_eq!(received, vec![json!({"channel": "/stocks/ACME", "data": {"p": 1}, "ext": {"src": "api"}})]);
+        let (_, answer) = call(&app, "POST", "/api/publish", Some(ADMIN), r#"[{"channel":"/stocks/A","data":1},{"channel":"/nobody","data":2}]"#).await;
+        assert_eq!(answer, json!([{"channel": "/stocks/A", "queued": 1}, {"channel": "/nobody", "queued": 0}]));
+        for bad in [
+            "not json",
+            "[]",
+            "3",
+            r#"{"data":1}"#,
+            r#"{"channel":"/a//b","data":1}"#,
+            r#"{"channel":"/a/*","data":1}"#,
+            r#"{"channel":"/meta/connect","data":1}"#,
+            r#"{"channel":"/service/echo","data":1}"#,
+            r#"{"channel":"/a","data":1,"ext":5}"#,
+            r#"{"channel":"/a","data":1,"clientId":"x"}"#,
+            r#"[{"channel":"/stocks/B","data":1},{"channel":"bad"}]"#,
+        ] {
+            let (status, answer) = call(&app, "POST", "/api/publish", Some(ADMIN), bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(answer["error"].is_string(), "{bad}: {answer}");
+        }
+        assert_eq!(broker.stats().published, 3, "nothing of a refused batch was published");
+    }
+
+    #[tokio::test]
+    async fn stats_and_disconnect() {
+        let (broker, app) = app();
+        let local = broker.open_local_session(None);
+        local.subscribe("/x").expect("subscribe");
+        let (_, stats) = call(&app, "GET", "/api/stats", Some(ADMIN), "").await;
+        assert_eq!(stats["sessions"], 1);
+        assert_eq!(stats["subscriptions"], 1);
+        let body = json!({"clientId": local.client_id()}).to_string();
+        let (status, _) = call(&app, "POST", "/api/disconnect", Some(ADMIN), &body).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, answer) = call(&app, "POST", "/api/disconnect", Some(ADMIN), &body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(answer["error"].is_string());
+        let (_, stats) = call(&app, "GET", "/api/stats", Some(ADMIN), "").await;
+        assert_eq!(stats["sessions"], 0);
+    }
+
+    #[tokio::test]
+    async fn the_api_is_off_without_keys() {
+        let broker = crate::server::broker(Config::default()).expect("broker");
+        let app = crate::server::app(broker);
+        let (status, _) = call(&app, "GET", "/api/stats", Some(ADMIN), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
