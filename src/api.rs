@@ -106,6 +106,28 @@ pub fn routes(broker: &Broker) -> Option<Router> {
     )
 }
 
+/// `/health` (liveness: 200 while the process serves) and `/ready` (readiness: 503 once
+/// the broker is draining), unauthenticated, for container health checks and load
+/// balancers.
+pub fn health_routes(broker: &Broker) -> Router {
+    let broker = broker.clone();
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/ready",
+            get(move || {
+                let draining = broker.is_shutting_down();
+                async move {
+                    if draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"})))
+                    } else {
+                        (StatusCode::OK, Json(json!({"status": "ready"})))
+                    }
+                }
+            }),
+        )
+}
+
 /// Parses one `{channel, data, ext?}` item into a message the broker publishes.
 fn publish_item(index: usize, item: Value) -> Result<Message, ApiError> {
     let at = |what: &str| ApiError::BadRequest(format!("message {index}: {what}"));
@@ -317,6 +339,19 @@ mod tests {
         assert!(answer["error"].is_string());
         let (_, stats) = call(&app, "GET", "/api/stats", Some(ADMIN), "").await;
         assert_eq!(stats["sessions"], 0);
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let (broker, app) = app();
+        assert_eq!(call(&app, "GET", "/health", None, "").await, (StatusCode::OK, json!({"status": "ok"})));
+        assert_eq!(call(&app, "GET", "/ready", None, "").await, (StatusCode::OK, json!({"status": "ready"})));
+        broker.shutdown();
+        assert_eq!(call(&app, "GET", "/health", None, "").await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, "GET", "/ready", None, "").await,
+            (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "draining"}))
+        );
     }
 
     #[tokio::test]

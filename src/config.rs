@@ -174,6 +174,8 @@ pub struct Config {
     pub cookie_secure: bool,
     /// Serve the demo chat page at `/`.
     pub demo: bool,
+    /// How long in-flight requests get to finish after SIGTERM, ms.
+    pub shutdown_timeout: u64,
     /// Keys for the backend HTTP API under `/api`; the API is off when there are none.
     pub api_keys: Vec<ApiKey>,
     /// Handshake credentials and channel rules.
@@ -204,6 +206,7 @@ impl Default for Config {
             cookie_same_site: SameSite::Lax,
             cookie_secure: false,
             demo: true,
+            shutdown_timeout: 10_000,
             api_keys: Vec::new(),
             security: SecurityConfig::default(),
             log_level: "info".into(),
@@ -307,6 +310,9 @@ pub struct Args {
     /// Serve the demo chat page at / [default: true].
     #[arg(long, env = "HALLEY_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub demo: Option<bool>,
+    /// After SIGTERM, how long in-flight requests get before the process exits, ms [default: 10000].
+    #[arg(long, env = "HALLEY_SHUTDOWN_TIMEOUT", value_name = "MS")]
+    pub shutdown_timeout: Option<u64>,
     /// Key for the backend HTTP API (/api), with every right; repeat or comma-separate
     /// for several. Per-right keys go in the config file [default: API off].
     #[arg(
@@ -378,6 +384,7 @@ impl Config {
             cookie_same_site,
             cookie_secure,
             demo,
+            shutdown_timeout,
             log_level
         );
         if let Some(keys) = args.api_keys {

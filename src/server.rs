@@ -59,6 +59,7 @@ pub fn app(broker: Broker) -> Router {
     if config.demo && !path.is_empty() {
         router = router.merge(demo::routes(path));
     }
+    router = router.merge(api::health_routes(&broker));
     if let Some(api) = api::routes(&broker) {
         router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));
     }
@@ -107,6 +108,9 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
 
 /// Serves `broker` on `listener` until `shutdown` completes; then answers every held
 /// connect and finishes in-flight requests.
+///
+/// In-flight requests get `shutdown_timeout` ms to finish after the signal; then the
+/// server returns anyway, so a stuck client cannot keep the process alive.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -114,13 +118,27 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let sweeper = broker.spawn_sweeper();
     let draining = broker.clone();
-    let result = axum::serve(listener, app(broker))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: answering held connects");
-            draining.shutdown();
-        })
-        .await;
+    let deadline = Duration::from_millis(broker.config().shutdown_timeout);
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(broker)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: answering held connects, refusing handshakes");
+        draining.shutdown();
+        let _ = signalled.send(());
+    });
+    let result = tokio::select! {
+        result = server => result,
+        () = async {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(deadline).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?deadline, "shutdown deadline passed with requests in flight; exiting");
+            Ok(())
+        }
+    };
     sweeper.abort();
     Ok(result?)
 }

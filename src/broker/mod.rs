@@ -419,8 +419,14 @@ impl Broker {
         })
     }
 
-    /// Stops accepting handshakes and answers every held connect at once, telling its
-    /// client to handshake again (with this broker gone, at another instance).
+    /// Whether [`Broker::shutdown`] was called (readiness probes report it).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Starts draining: handshakes are refused with `reconnect: handshake` and an
+    /// interval, and every held connect is answered at once with `reconnect: retry`, so
+    /// clients come back to another instance.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let sessions: Vec<Arc<Session>> = read(&self.shared.sessions).values().cloned().collect();
@@ -674,7 +680,7 @@ impl Broker {
         }
         let mut state = session.lock();
         let ending = match why {
-            Wake::ShuttingDown => Ending::Gone,
+            Wake::ShuttingDown => Ending::Drain,
             _ => Ending::after(state.removed),
         };
         Outcome::Reply(self.connect_response(session, &mut state, message, ending))
@@ -741,6 +747,10 @@ impl Broker {
                 }
             }
             Ending::Stop => reply.advice = Some(Advice::NONE),
+            // Not a spread-out interval: aiocometd 0.4.5 reads `interval` as seconds, so
+            // any non-zero value parks it for minutes. Clients back off on their own when
+            // the next connect finds nobody listening.
+            Ending::Drain => reply.advice = Some(Advice::retry(config.interval, config.timeout)),
             Ending::Gone => {
                 reply.fail(BayeuxError::SessionUnknown);
                 reply.advice = Some(Advice::HANDSHAKE);
@@ -1085,6 +1095,9 @@ enum Ending {
     Stop,
     /// The session is gone but the client may come back: 402 with `handshake` advice.
     Gone,
+    /// The broker is shutting down: `retry`, so the client's next connect reaches another
+    /// instance (or this one restarted), which tells it to handshake.
+    Drain,
 }
 
 impl Ending {

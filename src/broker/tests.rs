@@ -576,7 +576,10 @@ async fn shutdown_answers_held_connects_and_refuses_handshakes() {
     settle().await;
     broker.shutdown();
     let reply = held.await.expect("task");
-    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+    assert_eq!(reply[0]["successful"], true);
+    assert_eq!(reply[0]["advice"]["reconnect"], "retry");
+    assert_eq!(reply[0]["advice"]["interval"], 0);
+    assert!(broker.is_shutting_down());
     let reply = send(&broker, json!([{"id": "1", "channel": "/meta/handshake"}])).await;
     assert_eq!(reply[0]["successful"], false);
     assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
