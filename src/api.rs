@@ -119,7 +119,10 @@ pub fn health_routes(broker: &Broker) -> Router {
                 let draining = broker.is_shutting_down();
                 async move {
                     if draining {
-                        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"})))
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(json!({"status": "draining"})),
+                        )
                     } else {
                         (StatusCode::OK, Json(json!({"status": "ready"})))
                     }
@@ -266,7 +269,13 @@ mod tests {
         (broker.clone(), crate::server::app(broker))
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, key: Option<&str>, body: &str) -> (StatusCode, Value) {
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(key) = key {
             request = request.header("Authorization", format!("Bearer {key}"));
@@ -274,21 +283,53 @@ mod tests {
         let request = request.body(Body::from(body.to_string())).expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let status = response.status();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[tokio::test]
     async fn keys_are_required_and_rights_enforced() {
         let (_, app) = app();
         let body = r#"{"channel":"/a","data":1}"#;
-        assert_eq!(call(&app, "POST", "/api/publish", None, body).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&app, "POST", "/api/publish", Some("wrong-key-0123456789"), body).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&app, "POST", "/api/publish", None, body).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(
+                &app,
+                "POST",
+                "/api/publish",
+                Some("wrong-key-0123456789"),
+                body
+            )
+            .await
+            .0,
+            StatusCode::UNAUTHORIZED
+        );
         let (status, answer) = call(&app, "POST", "/api/publish", Some(STATS_ONLY), body).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(answer["error"].as_str().expect("error").contains("Publish"));
-        assert_eq!(call(&app, "GET", "/api/stats", Some(STATS_ONLY), "").await.0, StatusCode::OK);
-        assert_eq!(call(&app, "POST", "/api/publish", Some(ADMIN), body).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, "GET", "/api/stats", Some(STATS_ONLY), "")
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/publish", Some(ADMIN), body)
+                .await
+                .0,
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
@@ -296,13 +337,33 @@ mod tests {
         let (broker, app) = app();
         let mut local = broker.open_local_session(None);
         local.subscribe("/stocks/*").expect("subscribe");
-        let (status, answer) = call(&app, "POST", "/api/publish", Some(ADMIN), r#"{"channel":"/stocks/ACME","data":{"p":1},"ext":{"src":"api"}}"#).await;
+        let (status, answer) = call(
+            &app,
+            "POST",
+            "/api/publish",
+            Some(ADMIN),
+            r#"{"channel":"/stocks/ACME","data":{"p":1},"ext":{"src":"api"}}"#,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer, json!({"channel": "/stocks/ACME", "queued": 1}));
         let received = local.receive().await.expect("delivery");
-        assert_eq!(received, vec![json!({"channel": "/stocks/ACME", "data": {"p": 1}, "ext": {"src": "api"}})]);
-        let (_, answer) = call(&app, "POST", "/api/publish", Some(ADMIN), r#"[{"channel":"/stocks/A","data":1},{"channel":"/nobody","data":2}]"#).await;
-        assert_eq!(answer, json!([{"channel": "/stocks/A", "queued": 1}, {"channel": "/nobody", "queued": 0}]));
+        assert_eq!(
+            received,
+            vec![json!({"channel": "/stocks/ACME", "data": {"p": 1}, "ext": {"src": "api"}})]
+        );
+        let (_, answer) = call(
+            &app,
+            "POST",
+            "/api/publish",
+            Some(ADMIN),
+            r#"[{"channel":"/stocks/A","data":1},{"channel":"/nobody","data":2}]"#,
+        )
+        .await;
+        assert_eq!(
+            answer,
+            json!([{"channel": "/stocks/A", "queued": 1}, {"channel": "/nobody", "queued": 0}])
+        );
         for bad in [
             "not json",
             "[]",
@@ -320,7 +381,11 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
             assert!(answer["error"].is_string(), "{bad}: {answer}");
         }
-        assert_eq!(broker.stats().published, 3, "nothing of a refused batch was published");
+        assert_eq!(
+            broker.stats().published,
+            3,
+            "nothing of a refused batch was published"
+        );
     }
 
     #[tokio::test]
@@ -344,13 +409,25 @@ mod tests {
     #[tokio::test]
     async fn health_and_readiness() {
         let (broker, app) = app();
-        assert_eq!(call(&app, "GET", "/health", None, "").await, (StatusCode::OK, json!({"status": "ok"})));
-        assert_eq!(call(&app, "GET", "/ready", None, "").await, (StatusCode::OK, json!({"status": "ready"})));
-        broker.shutdown();
-        assert_eq!(call(&app, "GET", "/health", None, "").await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, "GET", "/health", None, "").await,
+            (StatusCode::OK, json!({"status": "ok"}))
+        );
         assert_eq!(
             call(&app, "GET", "/ready", None, "").await,
-            (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "draining"}))
+            (StatusCode::OK, json!({"status": "ready"}))
+        );
+        broker.shutdown();
+        assert_eq!(
+            call(&app, "GET", "/health", None, "").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "GET", "/ready", None, "").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "draining"})
+            )
         );
     }
 

@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::protocol::message::server_disconnect;
 use crate::protocol::{
     Advice, BAYEUX_VERSION, BayeuxError, ChannelClass, ChannelError, ChannelName, Delivery,
-    DirectMessage, Message, Reconnect, Reply,
+    DirectMessage, Message, Reply,
 };
 use session::{Enqueued, HeldConnect, Session, SessionState, Wake};
 
@@ -765,10 +765,8 @@ impl Broker {
         if config.multi_session_interval > 0 {
             let interval = config.multi_session_interval as u64;
             reply.advice = Some(Advice {
-                reconnect: Reconnect::Retry,
-                interval: Some(interval),
-                timeout: None,
                 multiple_clients: Some(true),
+                ..Advice::retry(interval, config.timeout)
             });
             session.set_deadline(self.now_ms() + interval + config.max_interval);
         } else {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::protocol::ChannelName;
 use crate::config::OverflowPolicy;
+use crate::protocol::ChannelName;
 use crate::protocol::decode_batch;
 
 fn broker_with(edit: impl FnOnce(&mut Config)) -> Broker {
@@ -378,7 +378,7 @@ async fn a_second_tab_gets_multiple_clients_advice_but_a_reload_does_not() {
         reply,
         vec![
             json!({"id": "2", "channel": "/meta/connect", "successful": true,
-            "advice": {"multiple-clients": true, "reconnect": "retry", "interval": 2000}})
+            "advice": {"multiple-clients": true, "reconnect": "retry", "interval": 2000, "timeout": 5000}})
         ]
     );
     // A reload: the same session connects again from the same browser.
@@ -590,8 +590,14 @@ struct TestPolicy;
 
 impl SecurityPolicy for TestPolicy {
     fn can_handshake(&self, request: &HandshakeRequest<'_>) -> HandshakeVerdict {
-        match request.ext.and_then(|e| e.get("user")).and_then(Value::as_str) {
-            Some("mallory") => HandshakeVerdict::Deny { reason: "mallory".into() },
+        match request
+            .ext
+            .and_then(|e| e.get("user"))
+            .and_then(Value::as_str)
+        {
+            Some("mallory") => HandshakeVerdict::Deny {
+                reason: "mallory".into(),
+            },
             user => HandshakeVerdict::Allow {
                 identity: user.map(str::to_string),
                 reply_ext: Some(json!({"welcome": user})),
@@ -612,15 +618,29 @@ impl SecurityPolicy for TestPolicy {
 async fn the_security_policy_is_asked_at_every_step() {
     let broker = broker();
     broker.set_policy(TestPolicy);
-    let denied = send(&broker, json!([{"id": "1", "channel": "/meta/handshake", "ext": {"user": "mallory"}}])).await;
+    let denied = send(
+        &broker,
+        json!([{"id": "1", "channel": "/meta/handshake", "ext": {"user": "mallory"}}]),
+    )
+    .await;
     assert_eq!(
         denied,
-        vec![json!({"id": "1", "channel": "/meta/handshake", "successful": false,
-            "error": "403::Handshake denied", "advice": {"reconnect": "none"}})]
+        vec![
+            json!({"id": "1", "channel": "/meta/handshake", "successful": false,
+            "error": "403::Handshake denied", "advice": {"reconnect": "none"}})
+        ]
     );
     assert_eq!(broker.stats().sessions, 0);
-    let alice = send(&broker, json!([{"id": "1", "channel": "/meta/handshake", "ext": {"user": "alice"}}])).await;
-    assert_eq!(alice[0]["ext"], json!({"welcome": "alice"}), "the policy's reply ext reaches the client");
+    let alice = send(
+        &broker,
+        json!([{"id": "1", "channel": "/meta/handshake", "ext": {"user": "alice"}}]),
+    )
+    .await;
+    assert_eq!(
+        alice[0]["ext"],
+        json!({"welcome": "alice"}),
+        "the policy's reply ext reaches the client"
+    );
     let alice = alice[0]["clientId"].as_str().expect("id").to_string();
     let anon = session(&broker).await;
     subscribe(&broker, &alice, "/private/x").await;
@@ -633,7 +653,11 @@ async fn the_security_policy_is_asked_at_every_step() {
     assert_eq!(reply[0]["subscription"], json!(["/ok", "/private/x"]));
     let reply = publish(&broker, &anon, "/readonly", json!(1)).await;
     assert_eq!(reply[0]["error"], "403:/readonly:publish_denied");
-    assert_eq!(broker.publish("/readonly", &json!(1)), Ok(0), "the server itself may publish");
+    assert_eq!(
+        broker.publish("/readonly", &json!(1)),
+        Ok(0),
+        "the server itself may publish"
+    );
 }
 
 /// Deletes messages whose data is "drop" and stamps every publish.
@@ -668,11 +692,17 @@ async fn hooks_see_change_and_delete_messages() {
         ]),
     )
     .await;
-    assert_eq!(reply[0], json!({"channel": "/h", "data": "keep", "ext": {"stamped": true}}));
+    assert_eq!(
+        reply[0],
+        json!({"channel": "/h", "data": "keep", "ext": {"stamped": true}})
+    );
     assert_eq!(reply[1]["error"], "404::message_deleted");
     assert_eq!(reply[2]["error"], "404::message_deleted");
     assert_eq!(reply[3]["successful"], true);
-    assert_eq!(broker.publish("/h", &json!("veto")), Err(BayeuxError::MessageDeleted));
+    assert_eq!(
+        broker.publish("/h", &json!("veto")),
+        Err(BayeuxError::MessageDeleted)
+    );
 }
 
 #[tokio::test]
@@ -682,19 +712,32 @@ async fn local_sessions_subscribe_publish_and_call_services() {
     subscribe(&broker, &remote, "/ticks/*").await;
     let mut local = broker.open_local_session(Some("backend"));
     local.subscribe("/orders/**").expect("subscribe");
-    local.publish("/ticks/ACME", &json!({"price": 1.5})).expect("publish");
+    local
+        .publish("/ticks/ACME", &json!({"price": 1.5}))
+        .expect("publish");
     let reply = send(&broker, connect(&remote, "c")).await;
-    assert_eq!(reply[0], json!({"channel": "/ticks/ACME", "data": {"price": 1.5}}));
+    assert_eq!(
+        reply[0],
+        json!({"channel": "/ticks/ACME", "data": {"price": 1.5}})
+    );
     publish(&broker, &remote, "/orders/eu/1", json!("buy")).await;
     let received = tokio::time::timeout(Duration::from_secs(1), local.receive())
         .await
         .expect("delivered")
         .expect("open");
-    assert_eq!(received, vec![json!({"channel": "/orders/eu/1", "data": "buy"})]);
-    local.publish("/service/echo", &json!("ping")).expect("call");
+    assert_eq!(
+        received,
+        vec![json!({"channel": "/orders/eu/1", "data": "buy"})]
+    );
+    local
+        .publish("/service/echo", &json!("ping"))
+        .expect("call");
     let answer = local.receive().await.expect("answer");
     assert_eq!(answer[0]["data"], "ping");
-    assert_eq!(local.subscribe("/meta/x"), Err(BayeuxError::MetaSubscribeDenied));
+    assert_eq!(
+        local.subscribe("/meta/x"),
+        Err(BayeuxError::MetaSubscribeDenied)
+    );
     // A waiting receive is woken by a delivery, and ends when the session is closed.
     let id = local.client_id().to_string();
     let waiter = tokio::spawn(async move {
@@ -730,10 +773,21 @@ async fn session_events_are_observed() {
     subscribe(&broker, &alice, "/a").await;
     subscribe(&broker, &alice, "/a").await;
     send(&broker, json!([{"id": "u", "channel": "/meta/unsubscribe", "clientId": alice, "subscription": "/a"}])).await;
-    send(&broker, json!([{"id": "d", "channel": "/meta/disconnect", "clientId": alice}])).await;
+    send(
+        &broker,
+        json!([{"id": "d", "channel": "/meta/disconnect", "clientId": alice}]),
+    )
+    .await;
     drop(broker.open_local_session(None));
     assert_eq!(
         *seen.lock().expect("lock"),
-        vec!["opened", "subscribed /a", "unsubscribed /a", "closed Disconnected", "opened", "closed Disconnected"]
+        vec![
+            "opened",
+            "subscribed /a",
+            "unsubscribed /a",
+            "closed Disconnected",
+            "opened",
+            "closed Disconnected"
+        ]
     );
 }

@@ -75,6 +75,9 @@ pub enum DecodeError {
     /// A number, string, `true`… at the top level.
     #[error("a Bayeux request must be a JSON array of messages or a single message object")]
     NotABatch,
+    /// Bytes that are not UTF-8.
+    #[error("the request is not valid UTF-8")]
+    NotUtf8,
     /// Nested deeper than [`MAX_DEPTH`].
     #[error("JSON nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
@@ -90,12 +93,14 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Parses a JSON array of messages, or a single message object, and appends them to `batch`.
 pub fn decode_batch(text: &[u8], batch: &mut Vec<Message>) -> Result<(), DecodeError> {
-    if nesting_depth(text) > MAX_DEPTH {
+    // serde_json checks UTF-8 only in what it reads closely; ignored fields would slip by.
+    let text = std::str::from_utf8(text).map_err(|_| DecodeError::NotUtf8)?;
+    if nesting_depth(text.as_bytes()) > MAX_DEPTH {
         return Err(DecodeError::TooDeep);
     }
-    match text.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => batch.extend(serde_json::from_slice::<Vec<Message>>(text)?),
-        Some(b'{') => batch.push(serde_json::from_slice::<Message>(text)?),
+    match text.bytes().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => batch.extend(serde_json::from_str::<Vec<Message>>(text)?),
+        Some(b'{') => batch.push(serde_json::from_str::<Message>(text)?),
         None => return Err(DecodeError::Empty),
         Some(_) => return Err(DecodeError::NotABatch),
     }

@@ -170,7 +170,7 @@ test("two CometD 9 tabs of one browser (shared cookie) over CORS: the second deg
                 window.bayeux.metaConnects.find(m => m.advice && m.advice["multiple-clients"] === true));
             assert.deepEqual(advised, {
                 successful: true,
-                advice: {"multiple-clients": true, reconnect: "retry", interval: 2000},
+                advice: {"multiple-clients": true, reconnect: "retry", interval: 2000, timeout: 3000},
             });
             assert.equal(await a.page.evaluate(() =>
                 window.bayeux.metaConnects.some(m => m.advice && m.advice["multiple-clients"])), false);
