@@ -119,5 +119,10 @@ pub fn publish(args: &PublishArgs) -> Result<Value, PublishError> {
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         return Err(PublishError::Http(format!("not published: {error}")));
     }
+    if answer.get("queued").is_none() {
+        return Err(PublishError::Http(format!(
+            "unexpected answer from {url}: {answer} (is --url the broker's base URL, without the Bayeux path?)"
+        )));
+    }
     Ok(answer)
 }

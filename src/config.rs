@@ -165,6 +165,9 @@ pub struct Config {
     pub strict_cookie_binding: bool,
     /// A subscribed publisher receives its own publishes.
     pub broadcast_to_publisher: bool,
+    /// Offer CometD's acknowledgement extension to clients that ask (`ext.ack` in the
+    /// handshake).
+    pub ack_extension: bool,
     /// Origins whose pages may call the Bayeux endpoint cross-origin (CORS); empty allows
     /// every origin.
     pub allowed_origins: Vec<String>,
@@ -202,6 +205,7 @@ impl Default for Config {
             connect_only_delivery: false,
             strict_cookie_binding: false,
             broadcast_to_publisher: true,
+            ack_extension: true,
             allowed_origins: Vec::new(),
             cookie_same_site: SameSite::Lax,
             cookie_secure: false,
@@ -292,6 +296,9 @@ pub struct Args {
     /// Deliver a subscribed publisher's own messages back to it [default: true].
     #[arg(long, env = "HALLEY_BROADCAST_TO_PUBLISHER", value_name = "BOOL")]
     pub broadcast_to_publisher: Option<bool>,
+    /// Offer the ack extension (reliable, ordered delivery) to clients that ask [default: true].
+    #[arg(long, env = "HALLEY_ACK_EXTENSION", value_name = "BOOL")]
+    pub ack_extension: Option<bool>,
     /// Origin allowed to call the endpoint cross-origin; repeat or comma-separate for
     /// several [default: any origin].
     #[arg(
@@ -380,6 +387,7 @@ impl Config {
             connect_only_delivery,
             strict_cookie_binding,
             broadcast_to_publisher,
+            ack_extension,
             allowed_origins,
             cookie_same_site,
             cookie_secure,

@@ -64,6 +64,18 @@ class Process:
             if match:
                 return match
 
+    def next_line(self, timeout):
+        """The next stdout line (without its newline) within `timeout` seconds, or None if there is none
+        by then (or the process closed its stdout)."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if line is None:
+            self.lines.put(None)  # keep reporting the end of the stream
+            return None
+        return line.rstrip("\n")
+
     def output(self):
         return "".join(self.log)
 
@@ -153,6 +165,32 @@ def start_echo_peer(processes):
         if not (NODE_DIR / "node_modules" / "cometd").is_dir():
             pytest.fail(f"{NODE_DIR}/node_modules is missing: run `npm ci` there (run.sh does it)")
         process = Process("echo-peer", [node, str(NODE_DIR / "echo-peer.mjs"), url],
+                          stdin=subprocess.PIPE, cwd=str(NODE_DIR))
+        processes.append(process)
+        process.wait_line(r"^ready\s*$", 15.0)
+        return process
+    return start
+
+
+@pytest.fixture
+def halley_bin():
+    """Path of the broker binary ($HALLEY_BIN or <repo>/target/release/halley), also used as a CLI client."""
+    if not os.path.exists(HALLEY_BIN):
+        pytest.fail(f"broker binary not found: {HALLEY_BIN} (build it or set HALLEY_BIN)")
+    return HALLEY_BIN
+
+
+@pytest.fixture
+def start_subscriber(processes):
+    """start_subscriber(url, channel): run node ../node/subscriber.mjs URL CHANNEL and wait until it prints
+    `ready`; afterwards each of its stdout lines is one received message as JSON (Process.next_line)."""
+    def start(url, channel):
+        node = shutil.which("node")
+        if node is None:
+            pytest.fail("node is not installed")
+        if not (NODE_DIR / "node_modules" / "cometd").is_dir():
+            pytest.fail(f"{NODE_DIR}/node_modules is missing: run `npm ci` there (run.sh does it)")
+        process = Process("subscriber", [node, str(NODE_DIR / "subscriber.mjs"), url, channel],
                           stdin=subprocess.PIPE, cwd=str(NODE_DIR))
         processes.append(process)
         process.wait_line(r"^ready\s*$", 15.0)

@@ -5,6 +5,7 @@
 //! [`Outcome`]. Locks are plain mutexes held for microseconds and never across an await;
 //! the lock order is session state, then the subscription tree, then the browser table.
 
+mod extensions;
 mod local;
 mod policy;
 mod service;
@@ -33,8 +34,9 @@ use crate::config::Config;
 use crate::protocol::message::server_disconnect;
 use crate::protocol::{
     Advice, BAYEUX_VERSION, BayeuxError, ChannelClass, ChannelError, ChannelName, Delivery,
-    DirectMessage, Message, Reply,
+    DirectMessage, Message, Reply, epoch_ms,
 };
+use extensions::AckState;
 use session::{Enqueued, HeldConnect, Session, SessionState, Wake};
 
 const HANDSHAKE: &str = "/meta/handshake";
@@ -306,6 +308,12 @@ impl Broker {
     /// Processes one request's batch. Completes at once unless the batch is a lone
     /// `/meta/connect` that has to be held.
     pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
+        if batch.iter().any(|m| m.ext.is_some()) {
+            let now = epoch_ms();
+            for message in batch.iter_mut().filter(|m| m.ext.is_some()) {
+                message.received_ms = Some(now);
+            }
+        }
         if let Some(at) = batch
             .iter()
             .position(|m| m.channel.as_deref() == Some(HANDSHAKE))
@@ -494,6 +502,13 @@ impl Broker {
             config.connect_only_delivery,
             deadline,
         ));
+        // Ack sessions get deliveries only on connect replies, in numbered batches.
+        let ack = config.ack_extension && extensions::wants_ack(message);
+        if ack {
+            let mut state = session.lock();
+            state.ack = Some(AckState::new());
+            state.connect_only = true;
+        }
         write(&self.shared.sessions).insert(client_id.clone(), session);
         tracing::debug!(client_id = %client_id, "session created");
         self.emit(SessionEvent::Opened {
@@ -504,7 +519,12 @@ impl Broker {
         reply.minimum_version = Some(BAYEUX_VERSION);
         reply.supported_connection_types = Some(&self.shared.connection_types);
         reply.advice = Some(Advice::retry(config.interval, config.timeout));
-        reply.ext = reply_ext;
+        if let Some(ext) = reply_ext {
+            reply.merge_ext(ext);
+        }
+        if ack {
+            reply.add_ext("ack", Value::Bool(true));
+        }
         Response {
             messages: vec![reply.encode()],
             handshake_succeeded: true,
@@ -544,7 +564,9 @@ impl Broker {
                 state.batching -= 1;
             }
             if state.removed.is_none() {
-                if carried_connect || !(state.connect_only || ctx.connect_only) {
+                if carried_connect {
+                    self.flush_for_connect(&mut state, &mut messages);
+                } else if !(state.connect_only || ctx.connect_only) {
                     state.queue.drain_into(&mut messages);
                 } else if !state.queue.is_empty() {
                     state.wake_for_delivery();
@@ -589,6 +611,7 @@ impl Broker {
                 }
                 self.take_over_held_connect(&mut state);
                 state.connected = true;
+                Self::acknowledge(&mut state, message);
                 self.connect_reply(session, &mut state, message, Ending::Open)
             }
             SUBSCRIBE => outcome(message, self.subscribe(message, session)),
@@ -634,10 +657,12 @@ impl Broker {
                 return Outcome::Reply(single(reply));
             }
             self.take_over_held_connect(&mut state);
+            Self::acknowledge(&mut state, message);
             let first = !std::mem::replace(&mut state.connected, true);
             let answer_now = first
                 || hold == 0
                 || !state.queue.is_empty()
+                || state.ack.as_ref().is_some_and(AckState::has_unacked)
                 || self.shared.shutting_down.load(Ordering::SeqCst);
             if answer_now {
                 return Outcome::Reply(self.connect_response(
@@ -712,12 +737,31 @@ impl Broker {
         message: &Message,
         ending: Ending,
     ) -> Response {
+        let reply = self.connect_reply(session, state, message, ending);
         let mut messages = Vec::with_capacity(state.queue.len() + 1);
-        state.queue.drain_into(&mut messages);
-        messages.push(self.connect_reply(session, state, message, ending));
+        self.flush_for_connect(state, &mut messages);
+        messages.push(reply);
         Response {
             messages,
             handshake_succeeded: false,
+        }
+    }
+
+    /// Writes what a connect reply carries: the queue, or for an ack session every
+    /// unacknowledged delivery (BAYEUX.md 6.2).
+    fn flush_for_connect(&self, state: &mut SessionState, out: &mut Vec<Bytes>) {
+        match state.ack.as_mut() {
+            Some(ack) => ack.flush(&mut state.queue, self.shared.config.max_queue, out),
+            None => state.queue.drain_into(out),
+        }
+    }
+
+    /// Applies a connect's `ext.ack` (the batches the client received).
+    fn acknowledge(state: &mut SessionState, connect: &Message) {
+        if let (Some(ack), Some(batch)) =
+            (state.ack.as_mut(), extensions::acknowledged_batch(connect))
+        {
+            ack.acknowledge(batch);
         }
     }
 
@@ -735,9 +779,12 @@ impl Broker {
         match ending {
             Ending::Open => {
                 reply.advice = Some(Advice::retry(config.interval, config.timeout));
+                if let Some(ack) = state.ack.as_mut() {
+                    reply.add_ext("ack", ack.close_batch().into());
+                }
                 let dropped = state.queue.take_dropped();
                 if dropped > 0 {
-                    reply.ext = Some(serde_json::json!({ "halley": { "dropped": dropped } }));
+                    reply.add_ext("halley", serde_json::json!({ "dropped": dropped }));
                 }
                 if state.held.is_none() {
                     let interval = message

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::extensions::AckState;
 use super::tree::SubscriberKey;
 use super::{Removal, SessionInfo};
 use crate::config::OverflowPolicy;
@@ -105,6 +106,11 @@ impl DeliveryQueue {
         out.extend(self.items.drain(..));
     }
 
+    /// Counts deliveries dropped outside the queue (from the ack extension's unacked list).
+    pub fn count_dropped(&mut self, n: u64) {
+        self.dropped_unreported += n;
+    }
+
     /// Returns and resets the count of deliveries dropped since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped_unreported)
@@ -135,6 +141,8 @@ pub(crate) struct SessionState {
     pub subscriptions: HashSet<Box<str>>,
     /// Deliveries ride only on connect replies.
     pub connect_only: bool,
+    /// Set when the session negotiated the ack extension.
+    pub ack: Option<AckState>,
     next_generation: u64,
 }
 
@@ -179,6 +187,7 @@ impl Session {
                 batching: 0,
                 subscriptions: HashSet::new(),
                 connect_only,
+                ack: None,
                 next_generation: 0,
             }),
         }

@@ -5,6 +5,8 @@
 //! and are never re-encoded. Outbound messages are serialized once into [`Bytes`], which the
 //! broker shares between every recipient's queue.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,6 +43,10 @@ pub struct Message {
     pub advice: Option<Value>,
     /// Pattern(s) of a subscribe or unsubscribe; echoed with its exact shape.
     pub subscription: Option<Value>,
+    /// When the broker received the message, ms since the Unix epoch; set for messages
+    /// that carry `ext`, for the timesync extension. Never on the wire.
+    #[serde(skip)]
+    pub received_ms: Option<u64>,
 }
 
 impl Message {
@@ -233,8 +239,38 @@ pub struct Reply<'a> {
     pub ext: Option<Value>,
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `ext.timesync` answer to `request` (BAYEUX.md 6.3), when it is a meta message that
+/// asked: the client's `tc` echoed, `ts` when the server received it, `p` how long the
+/// server had it (a held connect's hold included) and, for the current protocol, `a`.
+fn timesync(request: &Message) -> Option<Value> {
+    let received = request.received_ms?;
+    if !request.channel.as_deref()?.starts_with("/meta/") {
+        return None;
+    }
+    let ext: Value = serde_json::from_str(request.ext.as_deref()?.get()).ok()?;
+    let sync = ext.get("timesync")?;
+    let tc = sync.get("tc")?.as_i64()?;
+    let mut answer =
+        serde_json::json!({"tc": tc, "ts": received, "p": epoch_ms().saturating_sub(received)});
+    if let (Some(l), Some(o)) = (
+        sync.get("l").and_then(Value::as_i64),
+        sync.get("o").and_then(Value::as_i64),
+    ) {
+        answer["a"] = serde_json::json!(tc + o + l - received as i64);
+    }
+    Some(answer)
+}
+
 impl<'a> Reply<'a> {
-    /// A successful reply to `request`, echoing its `channel`, `id` and `subscription`.
+    /// A successful reply to `request`, echoing its `channel`, `id` and `subscription`,
+    /// with the timesync answer when the request asked for one.
     pub fn to(request: &'a Message) -> Self {
         Reply {
             id: request.id.as_deref(),
@@ -247,7 +283,26 @@ impl<'a> Reply<'a> {
             supported_connection_types: None,
             subscription: request.subscription.as_ref(),
             advice: None,
-            ext: None,
+            ext: timesync(request).map(|sync| serde_json::json!({ "timesync": sync })),
+        }
+    }
+
+    /// Adds `key: value` to the reply's `ext` object.
+    pub fn add_ext(&mut self, key: &str, value: Value) {
+        match &mut self.ext {
+            Some(Value::Object(fields)) => {
+                fields.insert(key.to_string(), value);
+            }
+            ext => *ext = Some(serde_json::json!({ key: value })),
+        }
+    }
+
+    /// Adds every field of the object `ext` to the reply's `ext`.
+    pub fn merge_ext(&mut self, ext: Value) {
+        if let Value::Object(fields) = ext {
+            for (key, value) in fields {
+                self.add_ext(&key, value);
+            }
         }
     }
 
@@ -443,6 +498,34 @@ mod tests {
             Delivery::of("/c", &bare[0]).encode(),
             r#"{"channel":"/c","data":null}"#
         );
+    }
+
+    #[test]
+    fn timesync_echoes_tc_and_reports_receipt_and_hold() {
+        let mut batch = parse(
+            r#"[{"channel":"/meta/connect","ext":{"timesync":{"tc":1000,"l":5,"o":-3}}},
+                {"channel":"/chat","ext":{"timesync":{"tc":1}}},
+                {"channel":"/meta/connect","ext":{"timesync":{"tc":7}}}]"#,
+        );
+        let received = epoch_ms() - 50;
+        for m in &mut batch {
+            m.received_ms = Some(received);
+        }
+        let sync = timesync(&batch[0]).expect("answered");
+        assert_eq!(sync["tc"], 1000);
+        assert_eq!(sync["ts"], received);
+        assert_eq!(sync["a"], 1000 - 3 + 5 - received as i64);
+        assert!(
+            sync["p"].as_u64().expect("p") >= 50,
+            "p includes the time the server had it"
+        );
+        assert_eq!(timesync(&batch[1]), None, "only meta messages");
+        assert!(timesync(&batch[2]).expect("old style").get("a").is_none());
+        let mut reply = Reply::to(&batch[0]);
+        reply.add_ext("ack", serde_json::json!(3));
+        let ext = reply.ext.expect("ext");
+        assert_eq!(ext["ack"], 3);
+        assert_eq!(ext["timesync"]["tc"], 1000);
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub use channel::{ChannelClass, ChannelError, ChannelName, Wildcard};
 pub use error::BayeuxError;
 pub use message::{
     Advice, BAYEUX_VERSION, DecodeError, Delivery, DirectMessage, Message, Reconnect, Reply,
-    decode_batch,
+    decode_batch, epoch_ms,
 };
