@@ -18,12 +18,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Config::default()
     };
     let listener = TcpListener::bind(config.listen).await?;
-    println!("stock ticks on http://{}{} channel /stocks/*", listener.local_addr()?, config.path);
+    println!(
+        "stock ticks on http://{}{} channel /stocks/*",
+        listener.local_addr()?,
+        config.path
+    );
     let broker = halley::server::broker(config)?;
 
     // Request/response over a service channel: CometD JS `remoteCall('quote', {symbol})`.
     broker.register_service("/service/quote", |call: &ServiceCall<'_>| {
-        let symbol = call.data_value()["symbol"].as_str().unwrap_or("ACME").to_string();
+        let symbol = call.data_value()["symbol"]
+            .as_str()
+            .unwrap_or("ACME")
+            .to_string();
         ServiceReply::Answer(json!({"symbol": symbol, "price": 100.0}))
     })?;
 

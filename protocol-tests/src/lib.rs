@@ -72,6 +72,34 @@ impl Broker {
         *self = fresh;
     }
 
+    /// The broker's process id (panics once it has been reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("halley has already exited")
+    }
+
+    /// Sends signal `name` (e.g. `"TERM"`) to the broker with `kill -<name> <pid>`.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running then.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("wait for halley"))
+    }
+
+    /// Everything the broker has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// A client of this broker, independent of `self`'s lifetime (for spawned tasks).
     pub fn client(&self) -> Client {
         self.client.clone()
@@ -171,8 +199,50 @@ impl Drop for Broker {
     }
 }
 
+/// Runs `halley <args>` to completion (≤ 10 s, else panics) with `stdin` as its standard input, without any
+/// `HALLEY_*` variable of the test runner's environment: for the CLI subcommands and start-up failures.
+pub async fn run_halley(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(halley_bin());
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HALLEY_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("start halley");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`halley {}` did not exit within 10 s", args.join(" ")))
+        .expect("halley output")
+}
+
+/// Writes `contents` to a fresh file named after `name` in the temp directory (unique per call) and returns
+/// its path.
+pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "halley-{}-{}-{name}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
 /// `HALLEY_BIN`, else `<workspace>/target/release/halley`.
-fn halley_bin() -> PathBuf {
+pub fn halley_bin() -> PathBuf {
     match std::env::var_os("HALLEY_BIN") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/halley"),
@@ -290,8 +360,48 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
+        self.send_to(method, &format!("{}{suffix}", self.url), headers, body)
+            .await
+    }
+
+    /// Any request to `path` at the server root (`/api/stats`, `/health` …), outside the Bayeux path.
+    pub async fn send_root(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        self.send_to(method, &format!("{}{path}", self.root()), headers, body)
+            .await
+    }
+
+    /// `http://127.0.0.1:PORT`: the server root, without the Bayeux path.
+    pub fn root(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A request to the backend HTTP API: `path` under the root, `Authorization: Bearer <key>` when a key is
+    /// given, `body` sent as `application/json`.
+    pub async fn api(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Resp {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        self.send_root(method, path, &headers, body.map(|b| b.as_bytes().to_vec()))
+            .await
+    }
+
+    async fn send_to(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{suffix}", self.url));
+        let mut req = self.http.request(method, url);
         if let Some(b) = &self.cookie {
             req = req.header("cookie", format!("BAYEUX_BROWSER={b}"));
         }
@@ -305,7 +415,7 @@ impl Client {
         let resp = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("request to {} failed: {e}", self.url));
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.text().await.expect("read body");
