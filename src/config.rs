@@ -179,6 +179,20 @@ pub struct Config {
     pub demo: bool,
     /// How long in-flight requests get to finish after SIGTERM, ms.
     pub shutdown_timeout: u64,
+    /// Most TCP connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, ms (slow-loris defence).
+    /// hyper counts idle keep-alive time into it, so it defaults to `timeout` + 15 s
+    /// (BAYEUX.md TR-HTTP-4).
+    pub header_timeout: Option<u64>,
+    /// How long a client may take to send a request's body, ms.
+    pub body_timeout: u64,
+    /// Most sessions at once; more handshakes are refused until some end.
+    pub max_sessions: usize,
+    /// Most handshakes accepted per second (0: no limit).
+    pub max_handshakes_per_second: u32,
+    /// Interval advised with a handshake refused for load (session or rate limit), ms.
+    pub busy_interval: u64,
     /// Keys for the backend HTTP API under `/api`; the API is off when there are none.
     pub api_keys: Vec<ApiKey>,
     /// Handshake credentials and channel rules.
@@ -211,6 +225,12 @@ impl Default for Config {
             cookie_secure: false,
             demo: true,
             shutdown_timeout: 10_000,
+            max_connections: 100_000,
+            header_timeout: None,
+            body_timeout: 10_000,
+            max_sessions: 100_000,
+            max_handshakes_per_second: 0,
+            busy_interval: 1_000,
             api_keys: Vec::new(),
             security: SecurityConfig::default(),
             log_level: "info".into(),
@@ -320,6 +340,25 @@ pub struct Args {
     /// After SIGTERM, how long in-flight requests get before the process exits, ms [default: 10000].
     #[arg(long, env = "HALLEY_SHUTDOWN_TIMEOUT", value_name = "MS")]
     pub shutdown_timeout: Option<u64>,
+    /// Most TCP connections served at once [default: 100000].
+    #[arg(long, env = "HALLEY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time a client gets to send request headers, idle keep-alive time included, ms
+    /// [default: timeout + 15000].
+    #[arg(long, env = "HALLEY_HEADER_TIMEOUT", value_name = "MS")]
+    pub header_timeout: Option<u64>,
+    /// Time a client gets to send a request body, ms [default: 10000].
+    #[arg(long, env = "HALLEY_BODY_TIMEOUT", value_name = "MS")]
+    pub body_timeout: Option<u64>,
+    /// Most sessions at once; further handshakes are refused with a retry interval [default: 100000].
+    #[arg(long, env = "HALLEY_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Most handshakes accepted per second; 0 for no limit [default: 0].
+    #[arg(long, env = "HALLEY_MAX_HANDSHAKES_PER_SECOND", value_name = "N")]
+    pub max_handshakes_per_second: Option<u32>,
+    /// Interval advised with a handshake refused for load, ms [default: 1000].
+    #[arg(long, env = "HALLEY_BUSY_INTERVAL", value_name = "MS")]
+    pub busy_interval: Option<u64>,
     /// Key for the backend HTTP API (/api), with every right; repeat or comma-separate
     /// for several. Per-right keys go in the config file [default: API off].
     #[arg(
@@ -359,6 +398,11 @@ pub struct Args {
 }
 
 impl Config {
+    /// The header-read timeout in force, ms: the configured one, else `timeout` + 15 s.
+    pub fn effective_header_timeout(&self) -> u64 {
+        self.header_timeout.unwrap_or(self.timeout + 15_000)
+    }
+
     /// Builds the configuration from the config file named in `args` (if any) and the
     /// flags, then checks it.
     pub fn load(args: Args) -> Result<Config, ConfigError> {
@@ -393,8 +437,16 @@ impl Config {
             cookie_secure,
             demo,
             shutdown_timeout,
+            max_connections,
+            body_timeout,
+            max_sessions,
+            max_handshakes_per_second,
+            busy_interval,
             log_level
         );
+        if args.header_timeout.is_some() {
+            config.header_timeout = args.header_timeout;
+        }
         if let Some(keys) = args.api_keys {
             config.api_keys = keys.iter().map(|k| ApiKey::with_all_rights(k)).collect();
         }
@@ -440,6 +492,12 @@ impl Config {
         }
         if self.max_body_bytes < 256 {
             return invalid("max_body_bytes must be at least 256");
+        }
+        if self.max_connections == 0 || self.max_sessions == 0 {
+            return invalid("max_connections and max_sessions must be at least 1");
+        }
+        if self.header_timeout == Some(0) || self.body_timeout == 0 {
+            return invalid("header_timeout and body_timeout must be at least 1 ms");
         }
         if self.cookie_same_site == SameSite::None && !self.cookie_secure {
             return invalid(

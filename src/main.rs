@@ -1,5 +1,6 @@
 //! The `halley` binary: serves the broker, or publishes through one (`halley publish`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -41,6 +42,7 @@ async fn serve(config: Result<Config, halley::config::ConfigError>) -> ExitCode 
         }
     };
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();

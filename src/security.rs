@@ -104,13 +104,20 @@ impl ConfiguredPolicy {
         }
         .ok_or_else(|| format!("JWT algorithm {:?} is not accepted", header.alg))?;
         let mut validation = Validation::new(header.alg);
+        // jsonwebtoken checks iss/aud only when present; configured ones are required.
+        let mut required = vec!["exp"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let token = jsonwebtoken::decode::<Claims>(credential, key, &validation)
             .map_err(|e| format!("JWT rejected: {e}"))?;
         Ok(token.claims.sub.unwrap_or_else(|| "jwt".to_string()))

@@ -3,21 +3,28 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::any;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use axum::http::{HeaderValue, Method};
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::security::ConfiguredPolicy;
+use crate::transport::cors::{self, CorsPolicy};
 use crate::transport::{self, CONNECTION_TYPES};
 use crate::{api, demo};
 
@@ -54,7 +61,13 @@ pub fn app(broker: Broker) -> Router {
     };
     let mut router = router
         .layer(limit)
-        .layer(cors(config))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+            config.body_timeout,
+        )))
+        .layer(axum::middleware::from_fn_with_state(
+            CorsPolicy::new(&config.allowed_origins),
+            cors::cors,
+        ))
         .with_state(broker.clone());
     if config.demo && !path.is_empty() {
         router = router.merge(demo::routes(path));
@@ -64,28 +77,6 @@ pub fn app(broker: Broker) -> Router {
         router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));
     }
     router.layer(TraceLayer::new_for_http())
-}
-
-/// CORS for cross-origin long-polling (BAYEUX.md 4.9): the request's origin is echoed
-/// (never `*`, since clients send credentials), preflights are answered with the
-/// requested headers, and origins outside a configured allow-list get no CORS headers.
-fn cors(config: &Config) -> CorsLayer {
-    let origins = if config.allowed_origins.is_empty() {
-        AllowOrigin::mirror_request()
-    } else {
-        AllowOrigin::list(
-            config
-                .allowed_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(AllowHeaders::mirror_request())
-        .max_age(Duration::from_secs(86_400))
 }
 
 /// A broker built from `config` with the transports this build serves, the configured
@@ -109,38 +100,92 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
 /// Serves `broker` on `listener` until `shutdown` completes; then answers every held
 /// connect and finishes in-flight requests.
 ///
-/// In-flight requests get `shutdown_timeout` ms to finish after the signal; then the
-/// server returns anyway, so a stuck client cannot keep the process alive.
+/// The accept loop is the mini-redis one: a semaphore caps open connections, each
+/// connection is its own task, and hyper enforces the header-read timeout. In-flight
+/// requests get `shutdown_timeout` ms after the signal; then the server returns anyway,
+/// so a stuck client cannot keep the process alive.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let config = broker.config().clone();
+    let app = app(broker.clone());
     let sweeper = broker.spawn_sweeper();
-    let draining = broker.clone();
-    let deadline = Duration::from_millis(broker.config().shutdown_timeout);
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(broker)).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: answering held connects, refusing handshakes");
-        draining.shutdown();
-        let _ = signalled.send(());
-    });
-    let result = tokio::select! {
-        result = server => result,
-        () = async {
-            if on_signal.await.is_ok() {
-                tokio::time::sleep(deadline).await;
-            } else {
-                std::future::pending::<()>().await;
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let header_timeout = Duration::from_millis(config.effective_header_timeout());
+    let mut refused: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    max = config.max_connections,
+                    "connection limit reached: closing new connections"
+                );
             }
-        } => {
-            tracing::warn!(?deadline, "shutdown deadline passed with requests in flight; exiting");
-            Ok(())
-        }
-    };
+            continue;
+        };
+        tune(&stream);
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: answering held connects, refusing handshakes");
+    broker.shutdown();
+    let deadline = Duration::from_millis(config.shutdown_timeout);
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "shutdown deadline passed with requests in flight; exiting"
+        );
+    }
     sweeper.abort();
-    Ok(result?)
+    Ok(())
+}
+
+/// Per-connection socket settings: no Nagle delay for small replies, and TCP keepalive
+/// so a peer that vanished without a FIN (a half-open socket under a held connect) is
+/// noticed and its connection closed.
+fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 /// Binds the configured address, announces it on stdout, and serves until SIGINT or

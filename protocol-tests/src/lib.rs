@@ -383,7 +383,13 @@ impl Client {
 
     /// A request to the backend HTTP API: `path` under the root, `Authorization: Bearer <key>` when a key is
     /// given, `body` sent as `application/json`.
-    pub async fn api(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Resp {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Resp {
         let auth = key.map(|k| format!("Bearer {k}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &auth {

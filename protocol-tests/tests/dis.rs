@@ -1,6 +1,5 @@
-//! DIS: `/meta/disconnect` (BAYEUX.md 2.6, checklist DIS-1..DIS-5).
-//!
-//! Skipped: DIS-4 (server-initiated disconnect) needs an admin API that does not exist yet.
+//! DIS: `/meta/disconnect` (BAYEUX.md 2.6, checklist DIS-1..DIS-5). DIS-4 (server-initiated disconnect) is
+//! tested through `/api/disconnect` in api.rs.
 
 use std::time::Instant;
 

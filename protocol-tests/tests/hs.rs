@@ -1,6 +1,5 @@
-//! HS: `/meta/handshake` (BAYEUX.md 2.2, 4.7, checklist HS-1..HS-11).
-//!
-//! Skipped: HS-7 and HS-10 need the authentication hook, which comes with a later issue.
+//! HS: `/meta/handshake` (BAYEUX.md 2.2, 4.7, checklist HS-1..HS-11). HS-7 and HS-10 (authentication) are in
+//! security.rs.
 
 use halley_protocol_tests::*;
 
@@ -56,8 +55,7 @@ async fn hs_3_successful_reply_never_advises_handshake() {
 
 #[tokio::test]
 async fn hs_4_transports_include_long_polling_and_not_websocket() {
-    // callback-polling is deliberately not asserted: the contract lets the broker add it later (BAYEUX.md
-    // HS-4 requires it once TR-CB is in scope).
+    // callback-polling is asserted with the JSONP handshake in tr_cb.rs.
     let b = Broker::fast().await;
     let msgs = b.batch(js_handshake()).await;
     let types: Vec<&str> = msgs[0]["supportedConnectionTypes"]

@@ -344,8 +344,7 @@ async fn tr_lp_11_body_limit_applies_to_form_bodies_too() {
 }
 
 /// GET with a `message` parameter and no `jsonp` (BAYEUX.md 4.1): per the lead's brief, answered like
-/// long-polling with a JSON array (BAYEUX.md TR-CB-4 would wrap it in `jsonpcallback(...)` once
-/// callback-polling is in scope).
+/// long-polling with a JSON array (TR-CB-4's `jsonpcallback(...)` is deliberately not followed; see tr_cb.rs).
 #[tokio::test]
 async fn tr_lp_get_with_message_parameter_returns_a_json_array() {
     let b = Broker::fast().await;

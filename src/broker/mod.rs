@@ -165,6 +165,8 @@ struct Shared {
     epoch: Instant,
     shutting_down: AtomicBool,
     counters: Counters,
+    /// Token bucket of the handshake rate limit: (tokens, last refill).
+    handshake_bucket: Mutex<(f64, Instant)>,
 }
 
 /// A handle to the broker. Cheap to clone; all clones share one broker.
@@ -207,6 +209,7 @@ impl Broker {
     /// A broker with `config`, advertising `connection_types` in handshake replies, with
     /// the echo service on `/service/echo`.
     pub fn new(config: Config, connection_types: &[&'static str]) -> Broker {
+        let handshake_tokens = f64::from(config.max_handshakes_per_second);
         let broker = Broker {
             shared: Arc::new(Shared {
                 config,
@@ -222,6 +225,7 @@ impl Broker {
                 epoch: Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 counters: Counters::default(),
+                handshake_bucket: Mutex::new((handshake_tokens, Instant::now())),
             }),
         };
         // A literal, valid name: registration cannot fail.
@@ -459,13 +463,49 @@ impl Broker {
         Some(session)
     }
 
+    /// Why a new session cannot be taken now, if it cannot: the session limit, or the
+    /// handshake rate limit (a token bucket refilled at `max_handshakes_per_second`).
+    fn over_capacity(&self) -> Option<&'static str> {
+        let config = &self.shared.config;
+        if read(&self.shared.sessions).len() >= config.max_sessions {
+            return Some("session limit reached");
+        }
+        let rate = f64::from(config.max_handshakes_per_second);
+        if rate > 0.0 {
+            let mut bucket = self
+                .shared
+                .handshake_bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let (tokens, last) = *bucket;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+            if tokens < 1.0 {
+                *bucket = (tokens, now);
+                return Some("handshake rate limit reached");
+            }
+            *bucket = (tokens - 1.0, now);
+        }
+        None
+    }
+
     fn handshake(&self, message: &Message, ctx: &RequestContext) -> Response {
         let config = &self.shared.config;
         let mut reply = Reply::to(message);
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             reply.fail(BayeuxError::ServerUnavailable);
+            // The configured interval, as on drained connects: aiocometd reads it as seconds.
             reply.advice = Some(Advice {
-                interval: Some(config.max_interval.max(1_000)),
+                interval: Some(config.interval),
+                ..Advice::HANDSHAKE
+            });
+            return single(reply.encode());
+        }
+        if let Some(why) = self.over_capacity() {
+            tracing::warn!(reason = why, "handshake refused");
+            reply.fail(BayeuxError::ServerBusy);
+            reply.advice = Some(Advice {
+                interval: Some(config.busy_interval),
                 ..Advice::HANDSHAKE
             });
             return single(reply.encode());

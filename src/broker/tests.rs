@@ -889,3 +889,44 @@ async fn timesync_p_covers_the_hold() {
     assert!(sync["ts"].as_u64().expect("ts") > 1_600_000_000_000);
     assert!(sync["p"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn the_session_limit_refuses_handshakes_with_a_retry_interval() {
+    let broker = broker_with(|c| {
+        c.max_sessions = 2;
+        c.busy_interval = 1_500;
+    });
+    let alice = session(&broker).await;
+    session(&broker).await;
+    let reply = send(&broker, json!([{"id": "1", "channel": "/meta/handshake"}])).await;
+    assert_eq!(
+        reply,
+        vec![
+            json!({"id": "1", "channel": "/meta/handshake", "successful": false,
+            "error": "503::server_busy", "advice": {"reconnect": "handshake", "interval": 1500}})
+        ]
+    );
+    send(
+        &broker,
+        json!([{"id": "d", "channel": "/meta/disconnect", "clientId": alice}]),
+    )
+    .await;
+    session(&broker).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handshake_rate_is_limited() {
+    let broker = broker_with(|c| c.max_handshakes_per_second = 3);
+    let handshake = || send(&broker, json!([{"id": "1", "channel": "/meta/handshake"}]));
+    for _ in 0..3 {
+        assert_eq!(handshake().await[0]["successful"], true);
+    }
+    assert_eq!(handshake().await[0]["error"], "503::server_busy");
+    tokio::time::advance(Duration::from_millis(400)).await;
+    assert_eq!(
+        handshake().await[0]["successful"],
+        true,
+        "the bucket refills"
+    );
+    assert_eq!(handshake().await[0]["successful"], false);
+}

@@ -50,6 +50,10 @@ pub enum BayeuxError {
     /// An `id` that is neither a short string nor a number.
     #[error("405::message_id_invalid")]
     MessageIdInvalid,
+    /// The broker holds as many sessions, or takes as many handshakes per second, as it
+    /// may; the client should try again after the advised interval.
+    #[error("503::server_busy")]
+    ServerBusy,
     /// The broker is shutting down and takes no new sessions.
     #[error("503::server_unavailable")]
     ServerUnavailable,
@@ -77,6 +81,7 @@ mod tests {
             BayeuxError::MessageIdInvalid,
             BayeuxError::HandlerFailed,
             BayeuxError::ServerUnavailable,
+            BayeuxError::ServerBusy,
             BayeuxError::HandshakeDenied,
             BayeuxError::SubscribeDenied("/a/b".into()),
             BayeuxError::PublishDenied("/a".into()),

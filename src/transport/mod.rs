@@ -5,6 +5,7 @@
 //! body decoding to the `BAYEUX_BROWSER` cookie, lives here.
 
 pub mod callback_polling;
+pub mod cors;
 pub mod long_polling;
 
 use axum::extract::State;

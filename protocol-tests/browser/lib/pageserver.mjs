@@ -6,7 +6,9 @@
 //   /dojox/*       node_modules/dojox  (dojox 1.6, found by dojo's loader as ../dojox/)
 // With {proxyPrefix, proxyTarget}, requests whose path is proxyPrefix or starts with proxyPrefix + "/"
 // are forwarded verbatim to proxyTarget (an origin), as a reverse proxy in front of the broker would
-// do, so that a page and the Bayeux URL share this server's origin.
+// do, so that a page and the Bayeux URL share this server's origin. With {keepUpstreamOnAbort: true} a
+// request the browser aborts stays open at the broker (as behind an intermediary that does not
+// propagate client aborts); its eventual status is still recorded in `proxied`.
 import http from "node:http";
 import {readFile} from "node:fs/promises";
 import path from "node:path";
@@ -28,13 +30,13 @@ const TYPES = {
     ".css": "text/css;charset=UTF-8",
 };
 
-export function startPageServer({proxyPrefix = null, proxyTarget = null} = {}) {
+export function startPageServer({proxyPrefix = null, proxyTarget = null, keepUpstreamOnAbort = false} = {}) {
     const proxied = []; // {method, url, contentType, body, status, responseHeaders}
     const sockets = new Set();
     const server = http.createServer((req, res) => {
         const url = new URL(req.url, "http://127.0.0.1");
         if (proxyPrefix && (url.pathname === proxyPrefix || url.pathname.startsWith(proxyPrefix + "/"))) {
-            proxy(req, res, proxyTarget, proxied);
+            proxy(req, res, proxyTarget, proxied, keepUpstreamOnAbort);
             return;
         }
         if (url.pathname === "/favicon.ico") {
@@ -91,7 +93,7 @@ async function serveStatic(pathname, res) {
     res.end("not found");
 }
 
-function proxy(req, res, target, log) {
+function proxy(req, res, target, log, keepUpstreamOnAbort) {
     const chunks = [];
     req.on("data", c => chunks.push(c));
     req.on("end", () => {
@@ -115,6 +117,10 @@ function proxy(req, res, target, log) {
             headers,
         }, up => {
             entry.status = up.statusCode;
+            if (res.destroyed) {
+                up.resume(); // the browser is gone (keepUpstreamOnAbort): drain and drop the answer
+                return;
+            }
             res.writeHead(up.statusCode, up.headers);
             up.pipe(res);
         });
@@ -124,7 +130,7 @@ function proxy(req, res, target, log) {
         });
         // A browser that aborts a held connect must abort it at the broker too.
         res.on("close", () => {
-            if (!res.writableFinished) upstream.destroy();
+            if (!res.writableFinished && !keepUpstreamOnAbort) upstream.destroy();
         });
         upstream.end(body);
     });

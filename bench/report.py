@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Turns bench/compare's JSON lines into bench/results.md: one table per case, the median
+over repetitions for every figure, and Halley's value divided by the best peer's."""
+import json
+import statistics
+import sys
+from collections import OrderedDict
+
+PEERS = ["faye", "cometd"]
+NAMES = {"halley": "Halley", "faye": "Faye 1.4.3", "cometd": "cometd-nodejs-server 1.2.1"}
+
+# (label, path, better): better is "hi", "lo" or None (no ratio)
+METRICS = {
+    "fanout": [
+        ("subscribers connected", "subscribed", None),
+        ("deliveries/s", "deliveries_per_s", "hi"),
+        ("publishes/s (acked)", "publishes_per_s", "hi"),
+        ("latency p50 ms", "latency.p50_ms", "lo"),
+        ("latency p99 ms", "latency.p99_ms", "lo"),
+        ("latency max ms", "latency.max_ms", "lo"),
+        ("lost", "lost", None),
+        ("duplicated", "duplicated", None),
+        ("out of order", "out_of_order", None),
+        ("client errors (HTTP+Bayeux+402+I/O)", "error_total", None),
+    ],
+    "rooms": [
+        ("clients joined", "joined", None),
+        ("publishes/s offered", "offered_per_s", None),
+        ("publishes/s acked", "acked_per_s", "hi"),
+        ("deliveries/s", "deliveries_per_s", "hi"),
+        ("expected deliveries", "expected_deliveries", None),
+        ("latency p50 ms", "latency.p50_ms", "lo"),
+        ("latency p99 ms", "latency.p99_ms", "lo"),
+        ("latency max ms", "latency.max_ms", "lo"),
+        ("lost", "lost", None),
+        ("duplicated", "duplicated", None),
+        ("client errors", "error_total", None),
+    ],
+    "idle": [
+        ("clients parked", "parked", None),
+        ("time to establish s", "establish_s", "lo"),
+        ("server RSS before KiB", "rss_before_kib", "lo"),
+        ("server RSS parked KiB", "rss_parked_kib", "lo"),
+        ("server RSS per parked client KiB", "rss_per_client_kib", "lo"),
+        ("server sessions", "sessions_parked", None),
+        ("client errors", "error_total", None),
+    ],
+    "churn": [
+        ("clients churned", "clients", None),
+        ("left / vanished", None, None),
+        ("sessions baseline", "sessions_baseline", None),
+        ("sessions peak", "sessions_peak", None),
+        ("sessions after expiry window", "sessions_after", None),
+        ("RSS baseline KiB", "rss_baseline_kib", "lo"),
+        ("RSS peak KiB", "rss_peak_kib", "lo"),
+        ("RSS after expiry window KiB", "rss_after_kib", "lo"),
+        ("RSS after / baseline", "rss_after_over_baseline", "lo"),
+        ("client errors", "error_total", None),
+    ],
+}
+
+
+def get(d, path):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def median(values):
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return statistics.median(values) if values else None
+
+
+def fmt(x):
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+    return f"{x:,}"
+
+
+def main():
+    raw, command = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "bench/compare"
+    cases = OrderedDict()
+    for line in open(raw):
+        line = line.strip()
+        if not line:
+            continue
+        d = json.loads(line)
+        cases.setdefault(d["case"], {}).setdefault(d["server"], []).append(d)
+    out = ["# Halley vs Faye vs cometd-nodejs-server", ""]
+    out.append(f"Produced by `{command}` (raw results: `bench/results/{raw.rsplit('/', 1)[-1]}`). "
+               "Each server on CPU 0, the load generator on CPU 1, loopback. Figures are medians "
+               "over the repetitions shown; the last column is Halley's figure divided by the best "
+               "peer's (best = highest for rates, lowest for latency and memory).")
+    out.append("")
+    summary = {}
+    for case, by_server in cases.items():
+        workload = case.split()[0]
+        servers = [s for s in ["halley"] + PEERS if s in by_server]
+        reps = max(len(v) for v in by_server.values())
+        out.append(f"## {case}  ({reps} run{'s' if reps > 1 else ''})")
+        out.append("")
+        out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | Halley ÷ best peer |")
+        out.append("|---|" + "---:|" * (len(servers) + 1))
+        for label, path, better in METRICS.get(workload, []):
+            if path is None:
+                vals = {s: f"{median([r.get('left') for r in by_server[s]])} / "
+                           f"{median([r.get('vanished') for r in by_server[s]])}" for s in servers}
+                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers) + " | |")
+                continue
+            if path == "error_total" or path in ("lost", "duplicated", "out_of_order"):
+                vals = {s: max((get(r, path) or 0) for r in by_server[s]) for s in servers}
+            else:
+                vals = {s: median([get(r, path) for r in by_server[s]]) for s in servers}
+            ratio = ""
+            peer_vals = [vals[p] for p in PEERS if p in vals and vals[p] is not None]
+            if better and "halley" in vals and vals["halley"] is not None and peer_vals:
+                best = max(peer_vals) if better == "hi" else min(peer_vals)
+                if best:
+                    ratio = f"{vals['halley'] / best:.2f}×"
+            summary[(case, path)] = (vals, ratio)
+            out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + f" | {ratio} |")
+        out.append("")
+    out.append("Counts of lost, duplicated, out-of-order and errors are the worst run, not the median.")
+    out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

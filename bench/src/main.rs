@@ -1,0 +1,74 @@
+//! `loadgen`: a Bayeux long-polling load generator. Each simulated client is a real
+//! long-polling client with its own TCP connection and cookie jar; every workload prints
+//! one JSON line of results on stdout. See bench/README.md.
+
+mod client;
+mod common;
+mod workloads;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Bayeux long-polling load generator")]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+/// Options every workload takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// The Bayeux endpoint, e.g. http://127.0.0.1:8080/cometd
+    #[arg(long)]
+    pub url: String,
+    /// Server process id, for its RSS (/proc/PID/status)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// URL answering `{"sessions":N}` (Halley: http://HOST:PORT/api/stats)
+    #[arg(long)]
+    pub stats_url: Option<String>,
+    /// Bearer key for --stats-url
+    #[arg(long)]
+    pub stats_key: Option<String>,
+    /// Clients per source address (127.0.0.1, then 127.0.0.2, …)
+    #[arg(long, default_value_t = 20_000)]
+    pub per_ip: usize,
+    /// A label copied into the JSON line (e.g. the server's name)
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// S subscribers on one channel, one publisher.
+    Fanout(workloads::FanoutArgs),
+    /// CometD's benchmark: clients in rooms publishing to each other.
+    Rooms(workloads::RoomsArgs),
+    /// N clients parked in /meta/connect: server RSS per client.
+    Idle(workloads::IdleArgs),
+    /// Clients that come, poll and leave or vanish: do sessions and RSS come back?
+    Churn(workloads::ChurnArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let nofile = common::raise_nofile();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    common::now_us();
+    let result = runtime.block_on(async move {
+        match cli.workload {
+            Workload::Fanout(args) => workloads::fanout(args).await,
+            Workload::Rooms(args) => workloads::rooms(args).await,
+            Workload::Idle(args) => workloads::idle(args, nofile).await,
+            Workload::Churn(args) => workloads::churn(args).await,
+        }
+    });
+    println!("{result}");
+    // Do not wait for lingering client tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+}
