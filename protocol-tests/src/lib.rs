@@ -77,6 +77,11 @@ impl Broker {
         self.child.id().expect("halley has already exited")
     }
 
+    /// The broker's resident set size in KiB (`VmRSS` of `/proc/<pid>/status`; Linux only).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
     /// Sends signal `name` (e.g. `"TERM"`) to the broker with `kill -<name> <pid>`.
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
@@ -816,4 +821,15 @@ where
 /// Sleeps `ms` milliseconds.
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Resident set size in KiB of process `pid` (`VmRSS` of `/proc/<pid>/status`; Linux only).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
