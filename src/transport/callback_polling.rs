@@ -2,12 +2,11 @@
 //! answered with a script that calls the named function with the reply array
 //! (BAYEUX.md 4.5). Deliveries ride only on connect replies on this transport.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Version};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
 
 use super::{Exchange, TransportError, decode_form, json_array};
-use crate::broker::Broker;
-use crate::protocol::DecodeError;
+use crate::protocol::{DecodeError, Message};
 
 const CONTENT_TYPE: &str = "text/javascript;charset=UTF-8";
 
@@ -34,20 +33,21 @@ pub fn is_valid_callback(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_CALLBACK_LEN && name.split('.').all(identifier)
 }
 
-/// A callback-polling GET.
-pub async fn get(broker: &Broker, version: Version, headers: &HeaderMap, query: &[u8]) -> Response {
-    let callback = callback_param(query).unwrap_or_default();
+/// Checks the callback name and decodes the `message` parameters of a callback-polling GET.
+pub fn decode(callback: String, query: &[u8]) -> Result<(String, Vec<Message>), TransportError> {
     if !is_valid_callback(&callback) {
-        return TransportError::BadCallback.into_response();
+        return Err(TransportError::BadCallback);
     }
-    let batch = match decode_form(query) {
-        Ok(batch) => batch,
-        Err(DecodeError::Empty) => return TransportError::NoMessage.into_response(),
-        Err(error) => return TransportError::from(error).into_response(),
-    };
-    let mut response = Exchange::run(broker, batch, version, headers, true)
-        .await
-        .respond(CONTENT_TYPE, |messages| script(&callback, messages));
+    match decode_form(query) {
+        Ok(batch) => Ok((callback, batch)),
+        Err(DecodeError::Empty) => Err(TransportError::NoMessage),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The broker's answer as a script calling `callback`.
+pub(crate) fn respond(exchange: Exchange, callback: &str) -> Response {
+    let mut response = exchange.respond(CONTENT_TYPE, |messages| script(callback, messages));
     response.headers_mut().insert(
         HeaderName::from_static("x-content-type-options"),
         HeaderValue::from_static("nosniff"),

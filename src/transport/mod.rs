@@ -32,25 +32,39 @@ pub async fn endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let cookie = browser_cookie(&headers);
     let query = uri.query().unwrap_or_default().as_bytes();
-    match method {
-        Method::POST => long_polling::post(&broker, version, &headers, &body).await,
-        Method::GET if is_websocket_upgrade(&headers) => {
-            TransportError::WebSocketRefused.into_response()
-        }
-        Method::GET if callback_polling::callback_param(query).is_some() => {
-            callback_polling::get(&broker, version, &headers, query).await
-        }
-        Method::GET => long_polling::get(&broker, version, &headers, query).await,
+    let decoded = match method {
+        Method::POST => long_polling::decode_post(&headers, &body).map(|batch| (batch, None)),
+        Method::GET if is_websocket_upgrade(&headers) => Err(TransportError::WebSocketRefused),
+        Method::GET => match callback_polling::callback_param(query) {
+            Some(callback) => callback_polling::decode(callback, query)
+                .map(|(callback, batch)| (batch, Some(callback))),
+            None => long_polling::decode_get(query).map(|batch| (batch, None)),
+        },
         // Preflights with an Origin are answered by the CORS layer before they get here.
         Method::OPTIONS => {
-            (StatusCode::OK, [(header::ALLOW, "GET, POST, OPTIONS")]).into_response()
+            return (StatusCode::OK, [(header::ALLOW, "GET, POST, OPTIONS")]).into_response();
         }
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "GET, POST, OPTIONS")],
-        )
-            .into_response(),
+        _ => {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "GET, POST, OPTIONS")],
+            )
+                .into_response();
+        }
+    };
+    // A held connect may wait for minutes: free the request's bytes now (the body can
+    // share hyper's read buffer), keeping only the decoded messages.
+    drop((uri, headers, body));
+    let (batch, callback) = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => return error.into_response(),
+    };
+    let exchange = Exchange::run(&broker, batch, version, cookie, callback.is_some()).await;
+    match callback {
+        Some(callback) => callback_polling::respond(exchange, &callback),
+        None => long_polling::respond(exchange),
     }
 }
 
@@ -62,16 +76,15 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Runs `batch` through the broker for a request with these headers. `connect_only`
+    /// Runs `batch` through the broker for a request with this `BAYEUX_BROWSER` cookie. `connect_only`
     /// keeps deliveries for connect replies (callback-polling).
     pub(crate) async fn run(
         broker: &Broker,
         batch: Vec<Message>,
         version: Version,
-        headers: &HeaderMap,
+        cookie: Option<String>,
         connect_only: bool,
     ) -> Exchange {
-        let cookie = browser_cookie(headers);
         // A browser gets its id with its first handshake.
         let new_browser = cookie.is_none()
             && batch
