@@ -142,21 +142,26 @@ pub async fn serve(
             continue;
         };
         tune(&stream);
-        let mut builder = Builder::new(TokioExecutor::new());
-        // hyper's smallest read buffer: a parked long poll costs 8 KiB less than with the
-        // adaptive default, and Bayeux request headers are small.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(8 * 1024);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper's header timeout starts once it knows the protocol; a client that
+            // never sends a byte would otherwise hold its connection (and permit) forever.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return,
+            }
+            let mut builder = Builder::new(TokioExecutor::new());
+            // hyper's smallest read buffer: a parked long poll costs 8 KiB less than with
+            // the adaptive default, and Bayeux request headers are small.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(8 * 1024);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(permit);
