@@ -187,6 +187,9 @@ pub struct Config {
     pub header_timeout: Option<u64>,
     /// How long a client may take to send a request's body, ms.
     pub body_timeout: u64,
+    /// Idle time before TCP keepalive probes start, ms (whole seconds; at least 1 s);
+    /// a peer that answers none of 3 probes is dropped, catching half-open sockets.
+    pub tcp_keepalive: u64,
     /// Most sessions at once; more handshakes are refused until some end.
     pub max_sessions: usize,
     /// Most handshakes accepted per second (0: no limit).
@@ -228,6 +231,7 @@ impl Default for Config {
             max_connections: 100_000,
             header_timeout: None,
             body_timeout: 10_000,
+            tcp_keepalive: 30_000,
             max_sessions: 100_000,
             max_handshakes_per_second: 0,
             busy_interval: 1_000,
@@ -350,6 +354,9 @@ pub struct Args {
     /// Time a client gets to send a request body, ms [default: 10000].
     #[arg(long, env = "HALLEY_BODY_TIMEOUT", value_name = "MS")]
     pub body_timeout: Option<u64>,
+    /// Idle time before TCP keepalive probes catch a vanished peer, ms [default: 30000].
+    #[arg(long, env = "HALLEY_TCP_KEEPALIVE", value_name = "MS")]
+    pub tcp_keepalive: Option<u64>,
     /// Most sessions at once; further handshakes are refused with a retry interval [default: 100000].
     #[arg(long, env = "HALLEY_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<usize>,
@@ -439,6 +446,7 @@ impl Config {
             shutdown_timeout,
             max_connections,
             body_timeout,
+            tcp_keepalive,
             max_sessions,
             max_handshakes_per_second,
             busy_interval,
@@ -495,6 +503,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_sessions == 0 {
             return invalid("max_connections and max_sessions must be at least 1");
+        }
+        if self.tcp_keepalive < 1_000 {
+            return invalid("tcp_keepalive must be at least 1000 ms");
         }
         if self.header_timeout == Some(0) || self.body_timeout == 0 {
             return invalid("header_timeout and body_timeout must be at least 1 ms");

@@ -141,7 +141,7 @@ pub async fn serve(
             }
             continue;
         };
-        tune(&stream);
+        tune(&stream, Duration::from_millis(config.tcp_keepalive));
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -186,12 +186,12 @@ pub async fn serve(
 
 /// Per-connection socket settings: no Nagle delay for small replies, and TCP keepalive
 /// so a peer that vanished without a FIN (a half-open socket under a held connect) is
-/// noticed and its connection closed.
-fn tune(stream: &tokio::net::TcpStream) {
+/// noticed after `idle` plus three unanswered probes, and its connection closed.
+fn tune(stream: &tokio::net::TcpStream, idle: Duration) {
     let _ = stream.set_nodelay(true);
     let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
+        .with_time(idle)
+        .with_interval((idle / 3).max(Duration::from_secs(1)))
         .with_retries(3);
     let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }

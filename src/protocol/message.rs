@@ -263,7 +263,11 @@ fn timesync(request: &Message) -> Option<Value> {
         sync.get("l").and_then(Value::as_i64),
         sync.get("o").and_then(Value::as_i64),
     ) {
-        answer["a"] = serde_json::json!(tc + o + l - received as i64);
+        // Client-supplied numbers: computed wide, and left out when they make no sense.
+        let a = i128::from(tc) + i128::from(o) + i128::from(l) - i128::from(received);
+        if let Ok(a) = i64::try_from(a) {
+            answer["a"] = serde_json::json!(a);
+        }
     }
     Some(answer)
 }
@@ -521,6 +525,11 @@ mod tests {
         );
         assert_eq!(timesync(&batch[1]), None, "only meta messages");
         assert!(timesync(&batch[2]).expect("old style").get("a").is_none());
+        let mut huge = parse(
+            r#"{"channel":"/meta/connect","ext":{"timesync":{"tc":9223372036854775807,"l":1,"o":1}}}"#,
+        );
+        huge[0].received_ms = Some(received);
+        assert_eq!(timesync(&huge[0]).expect("answered")["tc"], i64::MAX, "no overflow panic");
         let mut reply = Reply::to(&batch[0]);
         reply.add_ext("ack", serde_json::json!(3));
         let ext = reply.ext.expect("ext");
