@@ -546,7 +546,18 @@ struct Blackhole {
 impl Blackhole {
     fn rule(port: u16, action: &str) -> std::process::Output {
         std::process::Command::new("iptables")
-            .args([action, "INPUT", "-i", "lo", "-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"])
+            .args([
+                action,
+                "INPUT",
+                "-i",
+                "lo",
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ])
             .output()
             .expect("run iptables")
     }
@@ -558,7 +569,11 @@ impl Blackhole {
             return None;
         }
         let added = Self::rule(port, "-I");
-        assert!(added.status.success(), "iptables -I failed: {}", String::from_utf8_lossy(&added.stderr));
+        assert!(
+            added.status.success(),
+            "iptables -I failed: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
         Some(Blackhole { port })
     }
 }
@@ -587,24 +602,37 @@ async fn tcp_keepalive_drops_a_half_open_client_under_a_held_connect() {
     let cid = b.session().await;
     let mut held = b.tcp().await;
     let body = json!([connect_msg("held", &cid)]).to_string();
-    held.write_all(&b.http1_request("POST", "", &[("content-type", "application/json")], body.as_bytes()))
-        .await
-        .unwrap();
+    held.write_all(&b.http1_request(
+        "POST",
+        "",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    ))
+    .await
+    .unwrap();
     sleep_ms(300).await;
     let mut buf = [0u8; 1];
     let r = tokio::time::timeout(Duration::from_millis(10), held.read(&mut buf)).await;
     assert!(r.is_err(), "the connect was not held: {r:?}");
     let Some(_blackhole) = Blackhole::new(held.local_addr().unwrap().port()) else {
-        eprintln!("SKIPPED tcp_keepalive_drops_a_half_open_client_under_a_held_connect: iptables unusable (needs root)");
+        eprintln!(
+            "SKIPPED tcp_keepalive_drops_a_half_open_client_under_a_held_connect: iptables unusable (needs root)"
+        );
         return;
     };
     // The client is now silent and unreachable, its socket still "open" on the server: only keepalive
     // probes (after 1 s idle, 3 probes 1 s apart) can tell. Then the held connect is released and the
     // session expires after --max-interval.
     let (s, took) = wait_stats(&b, Duration::from_millis(12_000), |s| s["sessions"] == 0).await;
-    assert_eq!(s["sessions"], 0, "the half-open client's session is still there after {took:?}");
+    assert_eq!(
+        s["sessions"], 0,
+        "the half-open client's session is still there after {took:?}"
+    );
     let took = took.expect("checked above");
-    assert!(took >= Duration::from_millis(2_000), "gone too early ({took:?}): something else closed it");
+    assert!(
+        took >= Duration::from_millis(2_000),
+        "gone too early ({took:?}): something else closed it"
+    );
     let reply = b.connect(&cid).await;
     assert_session_unknown(&reply[0], true);
 }

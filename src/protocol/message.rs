@@ -529,7 +529,11 @@ mod tests {
             r#"{"channel":"/meta/connect","ext":{"timesync":{"tc":9223372036854775807,"l":1,"o":1}}}"#,
         );
         huge[0].received_ms = Some(received);
-        assert_eq!(timesync(&huge[0]).expect("answered")["tc"], i64::MAX, "no overflow panic");
+        assert_eq!(
+            timesync(&huge[0]).expect("answered")["tc"],
+            i64::MAX,
+            "no overflow panic"
+        );
         let mut reply = Reply::to(&batch[0]);
         reply.add_ext("ack", serde_json::json!(3));
         let ext = reply.ext.expect("ext");
