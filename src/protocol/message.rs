@@ -529,10 +529,13 @@ mod tests {
             r#"{"channel":"/meta/connect","ext":{"timesync":{"tc":9223372036854775807,"l":1,"o":1}}}"#,
         );
         huge[0].received_ms = Some(received);
+        let sync = timesync(&huge[0]).expect("answered");
+        assert_eq!(sync["tc"], i64::MAX, "no overflow panic");
+        let wide = i128::from(i64::MAX) + 2 - i128::from(received);
         assert_eq!(
-            timesync(&huge[0]).expect("answered")["tc"],
-            i64::MAX,
-            "no overflow panic"
+            sync["a"],
+            i64::try_from(wide).expect("fits"),
+            "computed without wrapping"
         );
         let mut reply = Reply::to(&batch[0]);
         reply.add_ext("ack", serde_json::json!(3));
