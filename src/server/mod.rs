@@ -1,5 +1,7 @@
 //! The HTTP server: the router over the broker, binding, and graceful shutdown.
 
+mod http1;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -9,13 +11,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::any;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use tower_http::trace::TraceLayer;
@@ -61,9 +61,6 @@ pub fn app(broker: Broker) -> Router {
     };
     let mut router = router
         .layer(limit)
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
-            config.body_timeout,
-        )))
         .layer(axum::middleware::from_fn_with_state(
             CorsPolicy::new(&config.allowed_origins),
             cors::cors,
@@ -100,10 +97,11 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
 /// Serves `broker` on `listener` until `shutdown` completes; then answers every held
 /// connect and finishes in-flight requests.
 ///
-/// The accept loop is the mini-redis one: a semaphore caps open connections, each
-/// connection is its own task, and hyper enforces the header-read timeout. In-flight
-/// requests get `shutdown_timeout` ms after the signal; then the server returns anyway,
-/// so a stuck client cannot keep the process alive.
+/// The accept loop is the mini-redis one: a semaphore caps open connections and each
+/// connection is its own task, served by [`http1`] (which enforces the header and body
+/// timeouts and holds no buffer while a request is parked) or, for HTTP/2 prior
+/// knowledge, by hyper. In-flight requests get `shutdown_timeout` ms after the signal;
+/// then the server returns anyway, so a stuck client cannot keep the process alive.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -113,8 +111,13 @@ pub async fn serve(
     let app = app(broker.clone());
     let sweeper = broker.spawn_sweeper();
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
+    let limits = http1::Limits {
+        header_timeout,
+        body_timeout: Duration::from_millis(config.body_timeout),
+        max_body: config.max_body_bytes,
+    };
+    let (stop, stopping) = watch::channel(false);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -142,27 +145,18 @@ pub async fn serve(
             continue;
         };
         tune(&stream, Duration::from_millis(config.tcp_keepalive));
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
+        let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
         tokio::spawn(async move {
-            // hyper's header timeout starts once it knows the protocol; a client that
-            // never sends a byte would otherwise hold its connection (and permit) forever.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(read)) if read > 0 => {}
-                _ => return,
-            }
-            let mut builder = Builder::new(TokioExecutor::new());
-            // hyper's smallest read buffer: a parked long poll costs 8 KiB less than with
-            // the adaptive default, and Bayeux request headers are small.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(8 * 1024);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
+            // The header timeout covers the first bytes too: a client that never sends
+            // one would otherwise hold its connection (and permit) forever.
+            let h2 = tokio::time::timeout(
+                limits.header_timeout,
+                http1::opens_with_h2_preface(&stream),
+            );
+            match h2.await {
+                Ok(Ok(Some(false))) => http1::serve(stream, app, limits, stopping).await,
+                Ok(Ok(Some(true))) => serve_h2(stream, app, &limits, stopping).await,
+                _ => {}
             }
             drop(permit);
         });
@@ -170,8 +164,12 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: answering held connects, refusing handshakes");
     broker.shutdown();
+    let _ = stop.send(true);
+    // Every connection holds a permit until it ends: having them all back means every
+    // in-flight request was answered.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let deadline = Duration::from_millis(config.shutdown_timeout);
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    if tokio::time::timeout(deadline, connections.acquire_many(all))
         .await
         .is_err()
     {
@@ -182,6 +180,37 @@ pub async fn serve(
     }
     sweeper.abort();
     Ok(())
+}
+
+/// Serves an HTTP/2 connection (prior knowledge, as `curl --http2-prior-knowledge`;
+/// browsers only speak HTTP/2 over TLS, i.e. through a proxy) with hyper's server.
+async fn serve_h2(
+    stream: TcpStream,
+    app: Router,
+    limits: &http1::Limits,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let app = tower::ServiceBuilder::new()
+        .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .service(app);
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = stopping.wait_for(|stop| *stop) => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP/2 connection ended with an error");
+    }
 }
 
 /// Per-connection socket settings: no Nagle delay for small replies, and TCP keepalive
