@@ -12,15 +12,18 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -103,6 +106,9 @@ pub(crate) async fn opens_with_h2_preface(stream: &TcpStream) -> io::Result<Opti
 /// Serves HTTP/1.x requests on `stream` until the peer closes, a limit is hit, or
 /// `shutdown` turns true (then idle connections close at once and busy ones after their
 /// answer).
+///
+/// Only what a held request needs lives in this future; reading a request happens in a
+/// boxed future of its own, allocated while a request is being read.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     app: Router,
@@ -111,57 +117,18 @@ pub(crate) async fn serve(
 ) {
     let mut buf = BytesMut::new();
     loop {
-        let head = tokio::select! {
-            head = tokio::time::timeout(limits.header_timeout, read_head(&stream, &mut buf)) => head,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let head = match head {
-            Ok(Ok(Some(head))) => head,
-            // Closed between requests, or too slow to send a head (slow-loris): hyper
-            // closes silently in both cases, and so do we.
-            Ok(Ok(None)) | Ok(Err(Failure::Gone)) | Err(_) => return,
-            Ok(Err(Failure::Refused(status, why))) => return refuse(&mut stream, status, why).await,
-        };
-        let mut close = wants_close(head.version, &head.headers);
-        let framing = match framing(&head.headers, limits.max_body) {
-            Ok(framing) => framing,
-            Err(Failure::Refused(status, why)) => return refuse(&mut stream, status, why).await,
-            Err(Failure::Gone) => return,
-        };
-        if expects_continue(&head.headers)
-            && !matches!(framing, Framing::Empty)
-            && stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-        {
+        let next = Box::pin(next_request(&mut stream, &mut buf, &limits, &mut shutdown));
+        let Some((request, mut close)) = next.await else {
             return;
-        }
-        let body = tokio::time::timeout(
-            limits.body_timeout,
-            read_body(&stream, &mut buf, framing, limits.max_body),
-        )
-        .await;
-        let body = match body {
-            Ok(Ok(body)) => body,
-            Ok(Err(Failure::Gone)) => return,
-            Ok(Err(Failure::Refused(status, why))) => return refuse(&mut stream, status, why).await,
-            Err(_) => {
-                return refuse(&mut stream, StatusCode::BAD_REQUEST, "request body timed out").await;
-            }
         };
-        if buf.is_empty() {
-            // Let go of the read allocation: it now belongs to the body alone, which the
-            // endpoint drops before a connect is held.
-            buf = BytesMut::new();
-        }
-        let is_head = head.method == Method::HEAD;
-        let version = head.version;
-        let mut request = Request::new(Body::from(body));
-        *request.method_mut() = head.method;
-        *request.uri_mut() = head.uri;
-        *request.version_mut() = head.version;
-        *request.headers_mut() = head.headers;
-        let answer = app.clone().oneshot(request);
-        let Some(response) = until_answered(&stream, answer, buf.is_empty()).await else {
-            return; // the client left; dropping the request releases what it held
+        let is_head = request.method() == Method::HEAD;
+        let version = request.version();
+        let response = {
+            let mut answer = pin!(app.clone().oneshot(request));
+            until_answered(&stream, answer.as_mut(), buf.is_empty()).await
+        };
+        let Some(response) = response else {
+            return; // the client left; dropping the request released what it held
         };
         close |= *shutdown.borrow();
         let Some(bytes) = encode_response(response, version, is_head, close).await else {
@@ -174,31 +141,95 @@ pub(crate) async fn serve(
     }
 }
 
+/// Reads the next request, and whether the connection closes after it. `None`: the
+/// connection ends (the peer closed, a limit was hit and answered, or shutdown).
+async fn next_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Request<Body>, bool)> {
+    let head = tokio::select! {
+        head = tokio::time::timeout(limits.header_timeout, read_head(stream, buf)) => head,
+        _ = shutdown.wait_for(|stop| *stop) => return None,
+    };
+    let head = match head {
+        Ok(Ok(Some(head))) => head,
+        // Closed between requests, or too slow to send a head (slow-loris): hyper closes
+        // silently in both cases, and so do we.
+        Ok(Ok(None)) | Ok(Err(Failure::Gone)) | Err(_) => return None,
+        Ok(Err(Failure::Refused(status, why))) => return refuse(stream, status, why).await,
+    };
+    let close = wants_close(head.version, &head.headers);
+    let framing = match framing(&head.headers, limits.max_body) {
+        Ok(framing) => framing,
+        Err(Failure::Refused(status, why)) => return refuse(stream, status, why).await,
+        Err(Failure::Gone) => return None,
+    };
+    if expects_continue(&head.headers)
+        && !matches!(framing, Framing::Empty)
+        && stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    let body = tokio::time::timeout(
+        limits.body_timeout,
+        read_body(stream, buf, framing, limits.max_body),
+    )
+    .await;
+    let body = match body {
+        Ok(Ok(body)) => body,
+        Ok(Err(Failure::Gone)) => return None,
+        Ok(Err(Failure::Refused(status, why))) => return refuse(stream, status, why).await,
+        Err(_) => {
+            let why = "request body timed out";
+            return refuse(stream, StatusCode::BAD_REQUEST, why).await;
+        }
+    };
+    if buf.is_empty() {
+        // Let go of the read allocation: it now belongs to the body alone, which the
+        // endpoint drops before a connect is held.
+        *buf = BytesMut::new();
+    }
+    let mut request = Request::new(Body::from(body));
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    Some((request, close))
+}
+
 /// Waits for `answer`, watching the socket meanwhile so that a client that leaves while
 /// its request is held (a parked connect) is noticed at once: `None` then, and dropping
 /// the answer future releases the held connect. `watch` is false when bytes of a
 /// pipelined request are already buffered.
 async fn until_answered(
     stream: &TcpStream,
-    answer: impl Future<Output = Result<Response<Body>, Infallible>>,
+    mut answer: Pin<&mut impl Future<Output = Result<Response<Body>, Infallible>>>,
     mut watch: bool,
 ) -> Option<Response<Body>> {
-    let mut answer = pin!(answer);
-    let mut probe = [0u8; 1];
-    loop {
-        tokio::select! {
-            biased;
-            response = &mut answer => {
-                let Ok(response) = response;
-                return Some(response);
-            }
-            peeked = stream.peek(&mut probe), if watch => match peeked {
-                Ok(0) | Err(_) => return None,
-                // The next request is on its way: it waits its turn in the socket.
-                Ok(_) => watch = false,
-            },
+    // A hand-written poll rather than `select!` over `peek()`: the socket's readiness
+    // waker lives in tokio's registration, so watching costs no future state.
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
         }
-    }
+        if watch {
+            let mut probe = [0u8; 1];
+            let mut probe = ReadBuf::new(&mut probe);
+            match stream.poll_peek(cx, &mut probe) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                // The next request is on its way: it waits its turn in the socket.
+                Poll::Ready(Ok(_)) => watch = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Reads into `buf` until it holds a whole head, which it consumes. `Ok(None)`: the peer
@@ -280,8 +311,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Failure> {
     };
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| bad("bad header name"))?;
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad("bad header name"))?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| bad("bad header value"))?;
         headers.append(name, value);
     }
@@ -486,8 +517,8 @@ async fn encode_response(
 }
 
 /// Answers a request that cannot be served with `status` and a one-line explanation,
-/// then closes the connection.
-async fn refuse(stream: &mut TcpStream, status: StatusCode, why: &'static str) {
+/// then closes the connection (so it returns no request).
+async fn refuse<T>(stream: &mut TcpStream, status: StatusCode, why: &'static str) -> Option<T> {
     tracing::debug!(%status, why, "request refused before routing");
     let text = format!("{why}\n");
     let response = Response::builder()
@@ -500,6 +531,7 @@ async fn refuse(stream: &mut TcpStream, status: StatusCode, why: &'static str) {
         let _ = stream.write_all(&bytes).await;
     }
     let _ = stream.shutdown().await;
+    None
 }
 
 #[cfg(test)]
@@ -525,19 +557,31 @@ mod tests {
         assert_eq!(head.uri.query(), Some("x=1"));
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["content-length"], "2");
-        assert!(matches!(parse_head(b"GARBAGE\r\n\r\n"), Err(Failure::Refused(StatusCode::BAD_REQUEST, _))));
+        assert!(matches!(
+            parse_head(b"GARBAGE\r\n\r\n"),
+            Err(Failure::Refused(StatusCode::BAD_REQUEST, _))
+        ));
     }
 
     #[test]
     fn framing_refuses_smuggling_and_oversize_bodies() {
         let max = 100;
         assert!(matches!(framing(&headers(&[]), max), Ok(Framing::Empty)));
-        assert!(matches!(framing(&headers(&[("content-length", "7")]), max), Ok(Framing::Length(7))));
         assert!(matches!(
-            framing(&headers(&[("content-length", "7"), ("content-length", "7")]), max),
+            framing(&headers(&[("content-length", "7")]), max),
             Ok(Framing::Length(7))
         ));
-        assert!(matches!(framing(&headers(&[("transfer-encoding", "chunked")]), max), Ok(Framing::Chunked)));
+        assert!(matches!(
+            framing(
+                &headers(&[("content-length", "7"), ("content-length", "7")]),
+                max
+            ),
+            Ok(Framing::Length(7))
+        ));
+        assert!(matches!(
+            framing(&headers(&[("transfer-encoding", "chunked")]), max),
+            Ok(Framing::Chunked)
+        ));
         for bad_fields in [
             &[("content-length", "7"), ("content-length", "8")][..],
             &[("content-length", "-1")][..],
@@ -545,7 +589,10 @@ mod tests {
             &[("transfer-encoding", "chunked"), ("content-length", "7")][..],
         ] {
             assert!(
-                matches!(framing(&headers(bad_fields), max), Err(Failure::Refused(StatusCode::BAD_REQUEST, _))),
+                matches!(
+                    framing(&headers(bad_fields), max),
+                    Err(Failure::Refused(StatusCode::BAD_REQUEST, _))
+                ),
                 "{bad_fields:?}"
             );
         }
@@ -562,9 +609,35 @@ mod tests {
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
         assert!(!wants_close(Version::HTTP_11, &headers(&[])));
-        assert!(wants_close(Version::HTTP_11, &headers(&[("connection", "Close")])));
+        assert!(wants_close(
+            Version::HTTP_11,
+            &headers(&[("connection", "Close")])
+        ));
         assert!(wants_close(Version::HTTP_10, &headers(&[])));
-        assert!(!wants_close(Version::HTTP_10, &headers(&[("connection", "keep-alive")])));
+        assert!(!wants_close(
+            Version::HTTP_10,
+            &headers(&[("connection", "keep-alive")])
+        ));
+    }
+
+    /// A parked connect costs this future plus the handler's: keep it small (it was
+    /// 1,904 bytes before the request-reading phase moved into a box of its own).
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (_stop, stopping) = watch::channel(false);
+        let limits = Limits {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_body: 1,
+        };
+        let connection = serve(stream, Router::new(), limits, stopping);
+        let size = std::mem::size_of_val(&connection);
+        assert!(size <= 1200, "the connection future is {size} bytes");
     }
 
     #[tokio::test]
@@ -575,7 +648,9 @@ mod tests {
             .header("content-length", "999")
             .body(Body::from("[]"))
             .expect("response");
-        let bytes = encode_response(response, Version::HTTP_10, false, false).await.expect("encoded");
+        let bytes = encode_response(response, Version::HTTP_10, false, false)
+            .await
+            .expect("encoded");
         assert_eq!(
             String::from_utf8(bytes).expect("utf-8"),
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n[]"

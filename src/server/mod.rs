@@ -24,7 +24,6 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::security::ConfiguredPolicy;
-use crate::transport::cors::{self, CorsPolicy};
 use crate::transport::{self, CONNECTION_TYPES};
 use crate::{api, demo};
 
@@ -47,7 +46,6 @@ pub enum ServerError {
 pub fn app(broker: Broker) -> Router {
     let config = broker.config();
     let path = config.path.trim_end_matches('/');
-    let limit = DefaultBodyLimit::max(config.max_body_bytes);
     let endpoint = any(transport::endpoint);
     let router = if path.is_empty() {
         Router::new()
@@ -59,13 +57,7 @@ pub fn app(broker: Broker) -> Router {
             .route(&format!("{path}/"), endpoint.clone())
             .route(&format!("{path}/{{*rest}}"), endpoint)
     };
-    let mut router = router
-        .layer(limit)
-        .layer(axum::middleware::from_fn_with_state(
-            CorsPolicy::new(&config.allowed_origins),
-            cors::cors,
-        ))
-        .with_state(broker.clone());
+    let mut router = router.with_state(broker.clone());
     if config.demo && !path.is_empty() {
         router = router.merge(demo::routes(path));
     }
@@ -149,10 +141,8 @@ pub async fn serve(
         tokio::spawn(async move {
             // The header timeout covers the first bytes too: a client that never sends
             // one would otherwise hold its connection (and permit) forever.
-            let h2 = tokio::time::timeout(
-                limits.header_timeout,
-                http1::opens_with_h2_preface(&stream),
-            );
+            let h2 =
+                tokio::time::timeout(limits.header_timeout, http1::opens_with_h2_preface(&stream));
             match h2.await {
                 Ok(Ok(Some(false))) => http1::serve(stream, app, limits, stopping).await,
                 Ok(Ok(Some(true))) => serve_h2(stream, app, &limits, stopping).await,

@@ -8,8 +8,9 @@ pub mod callback_polling;
 pub mod cors;
 pub mod long_polling;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -23,48 +24,103 @@ pub const CONNECTION_TYPES: &[&str] = &["long-polling", "callback-polling"];
 
 /// Handles every request to the Bayeux path and anything below it (CometD JS appends
 /// `/handshake`, `/connect`… to the URL): POST is long-polling, GET with a `jsonp`
-/// parameter is callback-polling, other GETs with `message` are long-polling.
-pub async fn endpoint(
-    State(broker): State<Broker>,
-    method: Method,
-    version: Version,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// parameter is callback-polling, other GETs with `message` are long-polling. CORS
+/// headers are added here for allowed origins.
+///
+/// The request is taken whole and decoded before the first await that may hold it: a
+/// parked connect's future then keeps the decoded batch and nothing of the request.
+pub async fn endpoint(State(broker): State<Broker>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let origin = cors::allowed_origin(&broker.config().allowed_origins, &parts.headers);
+    if cors::is_preflight(&parts.method, &parts.headers) {
+        return cors::preflight(origin, &parts.headers);
+    }
+    let limit = broker.config().max_body_bytes;
+    // The body's bytes are dropped at the end of this statement, before any hold.
+    let decoded = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => decode(parts, &body).map_err(IntoResponse::into_response),
+        Err(error) => Err(body_refused(&error)),
+    };
+    let mut response = match decoded {
+        Ok((batch, version, cookie, callback)) => {
+            let exchange = Exchange::run(&broker, batch, version, cookie, callback.is_some()).await;
+            match callback {
+                Some(callback) => callback_polling::respond(exchange, &callback),
+                None => long_polling::respond(exchange),
+            }
+        }
+        Err(response) => response,
+    };
+    if let Some(origin) = origin {
+        cors::allow(&mut response, origin);
+    }
+    response
+}
+
+/// The answer to a body that could not be read: 413 over the limit (the HTTP/1 server
+/// already refuses those by their length), 400 otherwise.
+fn body_refused(error: &axum::Error) -> Response {
+    let too_large = std::error::Error::source(error)
+        .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+    let status = if too_large {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, format!("cannot read the request body: {error}\n")).into_response()
+}
+
+/// What a Bayeux request carries once decoded: the batch, the HTTP version, the
+/// `BAYEUX_BROWSER` cookie and, for callback-polling, the callback. `Err` is the answer
+/// to a request that is not one.
+type Decoded = (Vec<Message>, Version, Option<String>, Option<String>);
+
+fn decode(parts: Parts, body: &[u8]) -> Result<Decoded, NotABatch> {
+    let Parts {
+        method,
+        version,
+        uri,
+        headers,
+        ..
+    } = parts;
     let cookie = browser_cookie(&headers);
     let query = uri.query().unwrap_or_default().as_bytes();
     let decoded = match method {
-        Method::POST => long_polling::decode_post(&headers, &body).map(|batch| (batch, None)),
+        Method::POST => long_polling::decode_post(&headers, body).map(|batch| (batch, None)),
         Method::GET if is_websocket_upgrade(&headers) => Err(TransportError::WebSocketRefused),
         Method::GET => match callback_polling::callback_param(query) {
             Some(callback) => callback_polling::decode(callback, query)
                 .map(|(callback, batch)| (batch, Some(callback))),
             None => long_polling::decode_get(query).map(|batch| (batch, None)),
         },
-        // Preflights with an Origin are answered by the CORS layer before they get here.
-        Method::OPTIONS => {
-            return (StatusCode::OK, [(header::ALLOW, "GET, POST, OPTIONS")]).into_response();
-        }
-        _ => {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, "GET, POST, OPTIONS")],
-            )
-                .into_response();
-        }
+        // Preflights with an Origin were answered above.
+        Method::OPTIONS => return Err(NotABatch::Options),
+        _ => return Err(NotABatch::Method),
     };
-    // A held connect may wait for minutes: free the request's bytes now (the body can
-    // share hyper's read buffer), keeping only the decoded messages.
-    drop((uri, headers, body));
-    let (batch, callback) = match decoded {
-        Ok(decoded) => decoded,
-        Err(error) => return error.into_response(),
-    };
-    let exchange = Exchange::run(&broker, batch, version, cookie, callback.is_some()).await;
-    match callback {
-        Some(callback) => callback_polling::respond(exchange, &callback),
-        None => long_polling::respond(exchange),
+    match decoded {
+        Ok((batch, callback)) => Ok((batch, version, cookie, callback)),
+        Err(error) => Err(NotABatch::Refused(error)),
+    }
+}
+
+/// A request to the Bayeux path that carries no batch.
+enum NotABatch {
+    /// An `OPTIONS` without CORS preflight headers: the allowed methods.
+    Options,
+    /// Any method but GET, POST and OPTIONS.
+    Method,
+    /// A GET or POST that is not a Bayeux request.
+    Refused(TransportError),
+}
+
+impl IntoResponse for NotABatch {
+    fn into_response(self) -> Response {
+        let allow = [(header::ALLOW, "GET, POST, OPTIONS")];
+        match self {
+            NotABatch::Options => (StatusCode::OK, allow).into_response(),
+            NotABatch::Method => (StatusCode::METHOD_NOT_ALLOWED, allow).into_response(),
+            NotABatch::Refused(error) => error.into_response(),
+        }
     }
 }
 
