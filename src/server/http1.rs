@@ -17,7 +17,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
@@ -160,6 +160,7 @@ async fn next_request(
         Ok(Ok(None)) | Ok(Err(Failure::Gone)) | Err(_) => return None,
         Ok(Err(Failure::Refused(status, why))) => return refuse(stream, status, why).await,
     };
+    tracing::debug!(target: "halley::http", method = %head.method, uri = %head.uri, "request");
     let close = wants_close(head.version, &head.headers);
     let framing = match framing(&head.headers, limits.max_body) {
         Ok(framing) => framing,
@@ -206,11 +207,11 @@ async fn next_request(
 /// its request is held (a parked connect) is noticed at once: `None` then, and dropping
 /// the answer future releases the held connect. `watch` is false when bytes of a
 /// pipelined request are already buffered.
-async fn until_answered(
+async fn until_answered<B>(
     stream: &TcpStream,
-    mut answer: Pin<&mut impl Future<Output = Result<Response<Body>, Infallible>>>,
+    mut answer: Pin<&mut impl Future<Output = Result<Response<B>, Infallible>>>,
     mut watch: bool,
-) -> Option<Response<Body>> {
+) -> Option<Response<B>> {
     // A hand-written poll rather than `select!` over `peek()`: the socket's readiness
     // waker lives in tokio's registration, so watching costs no future state.
     std::future::poll_fn(|cx| {
@@ -469,8 +470,8 @@ fn expects_continue(headers: &HeaderMap) -> bool {
 
 /// The response as bytes on the wire: status line, the handler's headers, our framing
 /// headers, the body. `None` if the body fails (no handler here streams one).
-async fn encode_response(
-    response: Response<Body>,
+async fn encode_response<B: HttpBody>(
+    response: Response<B>,
     version: Version,
     is_head: bool,
     close: bool,
@@ -478,6 +479,7 @@ async fn encode_response(
     let (parts, body) = response.into_parts();
     let body = body.collect().await.ok()?.to_bytes();
     let status = parts.status;
+    tracing::debug!(target: "halley::http", status = status.as_u16(), bytes = body.len(), "answer");
     let mut out = Vec::with_capacity(64 + parts.headers.len() * 48 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -637,7 +639,7 @@ mod tests {
         };
         let connection = serve(stream, Router::new(), limits, stopping);
         let size = std::mem::size_of_val(&connection);
-        assert!(size <= 1200, "the connection future is {size} bytes");
+        assert!(size <= 1100, "the connection future is {size} bytes");
     }
 
     #[tokio::test]

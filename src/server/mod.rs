@@ -18,8 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use tower_http::trace::TraceLayer;
-
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::ConfigError;
@@ -65,7 +63,7 @@ pub fn app(broker: Broker) -> Router {
     if let Some(api) = api::routes(&broker) {
         router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));
     }
-    router.layer(TraceLayer::new_for_http())
+    router
 }
 
 /// A broker built from `config` with the transports this build serves, the configured

@@ -24,12 +24,13 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a preflight: the methods and the headers the browser asked for, cached
-/// for a day; for a refused origin, an empty answer the browser will refuse.
-pub fn preflight(origin: Option<HeaderValue>, headers: &HeaderMap) -> Response {
+/// for a day (the caller adds [`allow`]); for a refused origin, an empty answer the
+/// browser will refuse.
+pub fn preflight(allowed: bool, headers: &HeaderMap) -> Response {
     let mut response = StatusCode::OK.into_response();
-    let Some(origin) = origin else {
+    if !allowed {
         return response;
-    };
+    }
     let out = response.headers_mut();
     out.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -42,7 +43,6 @@ pub fn preflight(origin: Option<HeaderValue>, headers: &HeaderMap) -> Response {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
-    allow(&mut response, origin);
     response
 }
 
