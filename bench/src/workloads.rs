@@ -286,6 +286,29 @@ pub struct RoomsArgs {
     seed: u64,
 }
 
+/// What one rooms client received.
+#[derive(Default)]
+struct Receipts {
+    seen: Seen,
+    unique: u64,
+    dups: u64,
+    latencies: Vec<u32>,
+}
+
+impl Receipts {
+    fn record(&mut self, data: &serde_json::value::RawValue) {
+        let now = now_us();
+        let Some(p) = parse_payload(data) else { return };
+        if !self.seen.insert(p.s) {
+            self.dups += 1;
+            return;
+        }
+        self.unique += 1;
+        self.latencies
+            .push(now.saturating_sub(p.t).min(u32::MAX as u64) as u32);
+    }
+}
+
 pub async fn rooms(args: RoomsArgs) -> Value {
     let target = shared_target(&args.common.url);
     let counters = Arc::new(Counters::default());
@@ -333,19 +356,16 @@ pub async fn rooms(args: RoomsArgs) -> Value {
         let mut stop = stop_rx.clone();
         let pstop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            let (mut unique, mut dups) = (0u64, 0u64);
-            let mut latencies: Vec<u32> = Vec::new();
+            // Shared with the publishing connection: a server may deliver on the reply to
+            // any request of the session (CometD does, and so does Halley), so deliveries
+            // riding on publish replies count like those on connect replies.
+            let receipts = Arc::new(std::sync::Mutex::new(Receipts::default()));
+            let (mine, theirs) = (receipts.clone(), delivered.clone());
             let mut on_delivery = |_: &str, data: &serde_json::value::RawValue| {
-                let now = now_us();
                 delivered.fetch_add(1, Ordering::Relaxed);
-                let Some(p) = parse_payload(data) else { return };
-                if !seen.insert(p.s) {
-                    dups += 1;
-                    return;
+                if let Ok(mut receipts) = mine.lock() {
+                    receipts.record(data);
                 }
-                unique += 1;
-                latencies.push(now.saturating_sub(p.t).min(u32::MAX as u64) as u32);
             };
             {
                 let _permit = gate.acquire().await;
@@ -358,7 +378,7 @@ pub async fn rooms(args: RoomsArgs) -> Value {
                 }
                 if !ok {
                     failed.fetch_add(1, Ordering::Relaxed);
-                    return (0, 0, Vec::new());
+                    return Receipts::default();
                 }
             }
             // The browser's second connection: publishes, batching whatever queued up.
@@ -373,16 +393,24 @@ pub async fn rooms(args: RoomsArgs) -> Value {
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    // Deliveries riding on publish replies are not expected from these
-                    // servers for a session that polls; count them anyway.
-                    let n = sender.publish(&batch, &mut |_, _| {}).await;
+                    let n = sender
+                        .publish(&batch, &mut |_, data| {
+                            theirs.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut receipts) = receipts.lock() {
+                                receipts.record(data);
+                            }
+                        })
+                        .await;
                     acked.fetch_add(n as u64, Ordering::Relaxed);
                 }
             });
             ready.fetch_add(1, Ordering::Relaxed);
             poll(&mut client, &channels, &mut stop, &mut on_delivery).await;
             publisher.abort();
-            (unique, dups, latencies)
+            // The aborted publisher may still hold its handle: take the receipts out.
+            mine.lock()
+                .map(|mut receipts| std::mem::take(&mut *receipts))
+                .unwrap_or_default()
         }));
     }
     let n = args.clients;
@@ -450,10 +478,10 @@ pub async fn rooms(args: RoomsArgs) -> Value {
     drop(senders);
     let (mut unique, mut dups, mut latencies) = (0u64, 0u64, Vec::new());
     for task in tasks {
-        if let Ok((u, d, l)) = task.await {
-            unique += u;
-            dups += d;
-            latencies.extend(l);
+        if let Ok(receipts) = task.await {
+            unique += receipts.unique;
+            dups += receipts.dups;
+            latencies.extend(receipts.latencies);
         }
     }
     let (t0, d0, a0, _) = snap_start.expect("window");
