@@ -143,7 +143,9 @@ pub async fn serve(
                 tokio::time::timeout(limits.header_timeout, http1::opens_with_h2_preface(&stream));
             match h2.await {
                 Ok(Ok(Some(false))) => http1::serve(stream, app, limits, stopping).await,
-                Ok(Ok(Some(true))) => serve_h2(stream, app, &limits, stopping).await,
+                // Boxed: hyper's HTTP/2 connection state would otherwise double the size of
+                // every connection task.
+                Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, app, &limits, stopping)).await,
                 _ => {}
             }
             drop(permit);
