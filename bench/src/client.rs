@@ -187,6 +187,7 @@ impl Client {
 
     async fn open(&mut self) -> std::io::Result<()> {
         let socket = TcpSocket::new_v4()?;
+        bind_port_at_connect(&socket);
         socket.bind(SocketAddr::new(IpAddr::V4(self.source), 0))?;
         let stream = socket.connect(self.target.addr).await?;
         stream.set_nodelay(true)?;
@@ -450,4 +451,27 @@ impl Client {
 pub fn source_ip(i: usize, per_ip: usize) -> Ipv4Addr {
     let n = 1 + (i / per_ip.max(1)) as u32;
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + n)
+}
+
+/// Lets the kernel choose the source port at `connect` from the whole 4-tuple
+/// (`IP_BIND_ADDRESS_NO_PORT`) instead of at `bind`. A port chosen at bind time must be
+/// free of every socket, those in TIME_WAIT included, so right after a run of 10,000
+/// clients the next run's connects stalled for seconds (slow set-up, and latency spikes
+/// in whichever workload came next); at connect time loopback TIME_WAIT tuples are reused.
+fn bind_port_at_connect(socket: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket, a c_int option value and its size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
 }
