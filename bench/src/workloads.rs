@@ -169,22 +169,28 @@ pub async fn fanout(args: FanoutArgs) -> Value {
     let start = Instant::now();
     let window_start = start + Duration::from_secs_f64(args.warmup);
     let window_end = window_start + Duration::from_secs_f64(args.duration);
-    let mut at_start = None;
-    let at_end;
-    let (mut seq, mut acked, mut acked_at_start) = (0u64, 0u64, 0u64);
-    let acked_at_end;
+    // The window is sampled by the clock, not by the publish loop: one publish to 10,000
+    // subscribers can take longer than the whole window to be acknowledged.
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn({
+        let (delivered, acked_total) = (delivered.clone(), acked_total.clone());
+        async move {
+            let sample = || {
+                (
+                    Instant::now(),
+                    delivered.load(Ordering::Relaxed),
+                    acked_total.load(Ordering::Relaxed),
+                )
+            };
+            tokio::time::sleep_until(window_start.into()).await;
+            let first = sample();
+            tokio::time::sleep_until(window_end.into()).await;
+            (first, sample())
+        }
+    });
+    let (mut seq, mut acked) = (0u64, 0u64);
     let mut lag_waits = 0u64;
-    loop {
-        let now = Instant::now();
-        if at_start.is_none() && now >= window_start {
-            at_start = Some((now, delivered.load(Ordering::Relaxed)));
-            acked_at_start = acked;
-        }
-        if now >= window_end {
-            at_end = Some((now, delivered.load(Ordering::Relaxed)));
-            acked_at_end = acked;
-            break;
-        }
+    while Instant::now() < window_end {
         let mut count = args.batch as u64;
         if args.rate > 0.0 {
             let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
@@ -204,8 +210,17 @@ pub async fn fanout(args: FanoutArgs) -> Value {
             .map(|k| (channel.clone(), payload(seq + k, t, args.size)))
             .collect();
         seq += count;
-        acked += publisher.publish(&batch, &mut |_, _| {}).await as u64;
+        let n = publisher.publish(&batch, &mut |_, _| {}).await as u64;
+        acked += n;
+        acked_total.fetch_add(n, Ordering::Relaxed);
     }
+    let ((t0, d0, acked_at_start), (t1, d1, acked_at_end)) = match sampler.await {
+        Ok(samples) => samples,
+        Err(_) => {
+            let now = (Instant::now(), 0, 0);
+            (now, now)
+        }
+    };
     let published = seq;
     let expected = acked * s;
     let drained = wait_for(
@@ -226,9 +241,7 @@ pub async fn fanout(args: FanoutArgs) -> Value {
         }
     }
     let _ = poller_task.await;
-    let (t0, d0) = at_start.expect("window start");
-    let (t1, d1) = at_end.expect("window end");
-    let secs = (t1 - t0).as_secs_f64();
+    let secs = (t1 - t0).as_secs_f64().max(1e-9);
     json!({
         "workload": "fanout",
         "label": args.common.label,
