@@ -715,6 +715,25 @@ pub async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Resp {
         .expect("raw HTTP exchange timed out")
 }
 
+/// Reads from `stream` until EOF or a reset, or until `within` passes. Returns the bytes read and the time the
+/// connection was seen closed (`None` when it was still open at the deadline).
+pub async fn read_until_closed(
+    stream: &mut TcpStream,
+    start: Instant,
+    within: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = within.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return (got, None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(start.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {

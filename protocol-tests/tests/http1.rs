@@ -19,17 +19,8 @@ fn handshake_ok(r: &Resp) {
 
 /// Reads until the peer closes (or `within` passes): everything received, and whether it closed.
 async fn drain(stream: &mut TcpStream, within: Duration) -> (String, bool) {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = within.saturating_sub(start.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
+    let (got, closed) = read_until_closed(stream, Instant::now(), within).await;
+    (String::from_utf8_lossy(&got).into(), closed.is_some())
 }
 
 fn head(b: &Broker, extra: &str) -> String {

@@ -67,25 +67,6 @@ async fn wait_stats(
     }
 }
 
-/// Reads from `stream` until EOF or a reset, or until `within` passes. Returns the bytes read and the time the
-/// connection was seen closed (`None` when it was still open at the deadline).
-async fn read_until_closed(
-    stream: &mut TcpStream,
-    start: Instant,
-    within: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = within.saturating_sub(start.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return (got, None),
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(start.elapsed())),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// `GET /health` on a raw connection; asserts a 200.
 async fn health_on(stream: &mut TcpStream, port: u16) {
     let req = format!("GET /health HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n");
