@@ -9,7 +9,8 @@
 //!   expiry and routing. Knows nothing of HTTP.
 //! - [`transport`]: one file per Bayeux transport, adapting HTTP requests to broker
 //!   batches and back.
-//! - [`server`]: the axum router, binding and graceful shutdown.
+//! - [`server`]: the axum router, the accept loop and its own lean HTTP/1.1 connection
+//!   server (a parked connect holds no buffer), binding and graceful shutdown.
 //! - [`api`]: the backend HTTP API (`/api/publish`, `/api/stats`, `/api/disconnect`).
 //! - [`security`]: the configurable policy — handshake tokens, JWTs, channel rules.
 //! - [`cli`]: the command line, including `halley publish`.
