@@ -88,7 +88,7 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
 /// connect and finishes in-flight requests.
 ///
 /// The accept loop is the mini-redis one: a semaphore caps open connections and each
-/// connection is its own task, served by [`http1`] (which enforces the header and body
+/// connection is its own task, served by `http1.rs` (which enforces the header and body
 /// timeouts and holds no buffer while a request is parked) or, for HTTP/2 prior
 /// knowledge, by hyper. In-flight requests get `shutdown_timeout` ms after the signal;
 /// then the server returns anyway, so a stuck client cannot keep the process alive.
