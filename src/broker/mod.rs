@@ -336,8 +336,10 @@ impl Broker {
             .and_then(|m| m.client_id.as_deref())
             .and_then(|id| self.find_session(id, ctx));
         let deleted = self.run_incoming(&mut batch, session.as_deref());
-        // A lone connect may be held for the whole timeout: keep no spare capacity.
-        batch.shrink_to_fit();
+        // A lone message may be a connect held for the whole timeout: no spare capacity.
+        if batch.len() == 1 {
+            batch.shrink_to_fit();
+        }
         if let ([message], Some(session), []) = (batch.as_slice(), &session, deleted.as_slice())
             && message.channel.as_deref() == Some(CONNECT)
             && message.id_is_valid()
