@@ -142,6 +142,10 @@ pub struct Config {
     pub timeout: u64,
     /// Pause clients make between connects, ms (advice `interval`).
     pub interval: u64,
+    /// Least time between two connect replies of one session that carry deliveries, ms: a
+    /// session receiving faster than that gets fewer, fuller replies (at most this much
+    /// later), one receiving slower is answered at once. 0 never waits.
+    pub delivery_interval: u64,
     /// How long a session lives without a connect, ms.
     pub max_interval: u64,
     /// How often expired sessions are swept, ms.
@@ -211,6 +215,7 @@ impl Default for Config {
             path: "/cometd".into(),
             timeout: 30_000,
             interval: 0,
+            delivery_interval: 0,
             max_interval: 10_000,
             sweep_interval: 1_000,
             max_queue: 1_000,
@@ -281,6 +286,10 @@ pub struct Args {
     /// Pause advised between connects, ms [default: 0].
     #[arg(long, env = "HALLEY_INTERVAL", value_name = "MS")]
     pub interval: Option<u64>,
+    /// Least time between two delivery-carrying connect replies of one session, ms: faster
+    /// streams go out in fewer, fuller replies, slower ones at once [default: 0].
+    #[arg(long, env = "HALLEY_DELIVERY_INTERVAL", value_name = "MS")]
+    pub delivery_interval: Option<u64>,
     /// How long a session survives without a connect before it expires, ms [default: 10000].
     #[arg(long, env = "HALLEY_MAX_INTERVAL", value_name = "MS")]
     pub max_interval: Option<u64>,
@@ -427,6 +436,7 @@ impl Config {
             path,
             timeout,
             interval,
+            delivery_interval,
             max_interval,
             sweep_interval,
             max_queue,
@@ -494,6 +504,9 @@ impl Config {
         }
         if self.sweep_interval == 0 || self.sweep_interval > 60_000 {
             return invalid("sweep_interval must be between 1 and 60000 ms");
+        }
+        if self.delivery_interval > 10_000 {
+            return invalid("delivery_interval must be at most 10000 ms");
         }
         if self.max_queue == 0 {
             return invalid("max_queue must be at least 1");
@@ -586,6 +599,10 @@ mod tests {
         assert!(toml::from_str::<Config>("tiemout = 1").is_err());
         let args = Args::try_parse_from(["halley", "--path", "cometd"]).expect("args");
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+        let args = Args::try_parse_from(["halley", "--delivery-interval", "10001"]).expect("args");
+        assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+        let args = Args::try_parse_from(["halley", "--delivery-interval", "50"]).expect("args");
+        assert_eq!(Config::load(args).expect("config").delivery_interval, 50);
     }
 
     #[test]

@@ -447,3 +447,42 @@ async fn cn_8_client_interval_is_not_reported_back() {
     assert_connect_advice(&msgs[0], 0, 1500);
     assert_connect_advice(&b.connect_now(&cid).await[0], 0, 1500);
 }
+
+#[tokio::test]
+async fn cn_delivery_interval_gathers_a_fast_stream_and_answers_a_quiet_session_at_once() {
+    let b = Broker::start(&["--timeout", "5000", "--delivery-interval", "1500"]).await;
+    let sub = b.session().await;
+    b.subscribe(&sub, "/cndi").await;
+    let publisher = b.session().await;
+    let held_connect = || {
+        let c = b.client();
+        let s = sub.clone();
+        spawn_timed(async move { c.connect(&s).await })
+    };
+
+    // Nothing went out to the subscriber lately: its connect is released at once.
+    let held = held_connect();
+    sleep_ms(300).await;
+    let published = Instant::now();
+    b.publish(&publisher, "/cndi", json!(1)).await;
+    let (msgs, first_reply) = held.await.unwrap();
+    assert!(
+        first_reply - published < PROMPT,
+        "released after {:?}",
+        first_reply - published
+    );
+    assert_eq!(data_on(&msgs, "/cndi"), [json!(1)]);
+
+    // The next deliveries come within the interval: they wait for it and go out together.
+    let held = held_connect();
+    sleep_ms(100).await;
+    b.publish(&publisher, "/cndi", json!(2)).await;
+    b.publish(&publisher, "/cndi", json!(3)).await;
+    let (msgs, second_reply) = held.await.unwrap();
+    let gap = second_reply - first_reply;
+    assert!(
+        gap >= Duration::from_millis(1400),
+        "second reply {gap:?} after the first"
+    );
+    assert_eq!(data_on(&msgs, "/cndi"), [json!(2), json!(3)]);
+}

@@ -457,6 +457,10 @@ impl Broker {
         self.shared.epoch.elapsed().as_millis() as u64
     }
 
+    fn now_us(&self) -> u64 {
+        self.shared.epoch.elapsed().as_micros() as u64
+    }
+
     fn find_session(&self, client_id: &str, ctx: &RequestContext) -> Option<Arc<Session>> {
         let session = read(&self.shared.sessions).get(client_id).cloned()?;
         if self.shared.config.strict_cookie_binding
@@ -695,7 +699,7 @@ impl Broker {
         let hold = message
             .advice_ms("timeout")
             .map_or(config.timeout, |t| t.min(config.timeout));
-        let (receiver, generation) = {
+        let (held, wait) = {
             let mut state = session.lock();
             if let Some(reply) = self.connect_gone(message, &state) {
                 return Outcome::Reply(single(reply));
@@ -705,10 +709,10 @@ impl Broker {
             let first = !std::mem::replace(&mut state.connected, true);
             let answer_now = first
                 || hold == 0
-                || !state.queue.is_empty()
                 || state.ack.as_ref().is_some_and(AckState::has_unacked)
                 || self.shared.shutting_down.load(Ordering::SeqCst);
-            if answer_now {
+            let wait = self.delivery_wait(&state, hold);
+            if answer_now || (!state.queue.is_empty() && wait.is_zero()) {
                 return Outcome::Reply(self.connect_response(
                     session,
                     &mut state,
@@ -716,21 +720,30 @@ impl Broker {
                     Ending::Open,
                 ));
             }
-            let browser_slot = match self.acquire_browser_slot(ctx) {
-                Ok(slot) => slot,
-                Err(()) => {
-                    return Outcome::Reply(self.multiple_clients(session, message));
-                }
-            };
-            let (waker, receiver) = oneshot::channel();
-            let generation = state.next_generation();
-            state.held = Some(HeldConnect {
-                generation,
-                waker: Some(waker),
-                browser_slot,
-            });
-            session.set_deadline(u64::MAX);
-            (receiver, generation)
+            if !state.queue.is_empty() {
+                (None, wait)
+            } else {
+                let browser_slot = match self.acquire_browser_slot(ctx) {
+                    Ok(slot) => slot,
+                    Err(()) => {
+                        return Outcome::Reply(self.multiple_clients(session, message));
+                    }
+                };
+                let (waker, receiver) = oneshot::channel();
+                let generation = state.next_generation();
+                state.held = Some(HeldConnect {
+                    generation,
+                    waker: Some(waker),
+                    browser_slot,
+                });
+                session.set_deadline(u64::MAX);
+                (Some((receiver, generation)), Duration::ZERO)
+            }
+        };
+        let Some((receiver, generation)) = held else {
+            return self
+                .reply_after(session, message, wait, Wake::Deliver)
+                .await;
         };
         // Whether the wait ends or the request is dropped (client abort), the guard lets go
         // of the held connect; a superseded one was already taken over.
@@ -739,13 +752,29 @@ impl Broker {
             session,
             generation,
         };
-        let why = match tokio::time::timeout(Duration::from_millis(hold), receiver).await {
-            Ok(Ok(why)) => why,
-            Ok(Err(_)) | Err(_) => Wake::Deliver,
+        let (why, wait) = match tokio::time::timeout(Duration::from_millis(hold), receiver).await {
+            Ok(Ok(Wake::Deliver)) => (Wake::Deliver, self.delivery_wait(&session.lock(), hold)),
+            Ok(Ok(why)) => (why, Duration::ZERO),
+            Ok(Err(_)) | Err(_) => (Wake::Deliver, Duration::ZERO),
         };
         drop(guard);
         if why == Wake::Superseded {
             return Outcome::Superseded;
+        }
+        self.reply_after(session, message, wait, why).await
+    }
+
+    /// Answers a connect after `wait` (see `delivery_wait`). The connect is no longer held
+    /// meanwhile, so what is published in the pause just queues and rides on this reply.
+    async fn reply_after(
+        &self,
+        session: &Session,
+        message: &Message,
+        wait: Duration,
+        why: Wake,
+    ) -> Outcome {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let mut state = session.lock();
         let ending = match why {
@@ -753,6 +782,20 @@ impl Broker {
             _ => Ending::after(state.removed),
         };
         Outcome::Reply(self.connect_response(session, &mut state, message, ending))
+    }
+
+    /// How long a connect reply with the queued deliveries must still wait so that it comes
+    /// `delivery_interval` after the session's previous one; never longer than the connect's
+    /// `hold`, which the client's request timeout allows for.
+    fn delivery_wait(&self, state: &SessionState, hold: u64) -> Duration {
+        let interval_us = self.shared.config.delivery_interval * 1_000;
+        match state.delivered_at {
+            Some(at) if interval_us > 0 && !state.queue.is_empty() => {
+                let since = self.now_us().saturating_sub(at);
+                Duration::from_micros(interval_us.saturating_sub(since).min(hold * 1_000))
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Lets go of held connect `generation` if it is still the session's; the session then
@@ -784,6 +827,9 @@ impl Broker {
         let reply = self.connect_reply(session, state, message, ending);
         let mut messages = Vec::with_capacity(state.queue.len() + 1);
         self.flush_for_connect(state, &mut messages);
+        if self.shared.config.delivery_interval > 0 && !messages.is_empty() {
+            state.delivered_at = Some(self.now_us());
+        }
         messages.push(reply);
         Response {
             messages,

@@ -143,6 +143,9 @@ pub(crate) struct SessionState {
     pub connect_only: bool,
     /// Set when the session negotiated the ack extension.
     pub ack: Option<AckState>,
+    /// When the last connect reply carrying deliveries was written, µs since the broker's
+    /// epoch (for `delivery_interval`); `None` before the first.
+    pub delivered_at: Option<u64>,
     next_generation: u64,
 }
 
@@ -188,6 +191,7 @@ impl Session {
                 subscriptions: HashSet::new(),
                 connect_only,
                 ack: None,
+                delivered_at: None,
                 next_generation: 0,
             }),
         }

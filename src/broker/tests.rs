@@ -930,3 +930,59 @@ async fn the_handshake_rate_is_limited() {
     );
     assert_eq!(handshake().await[0]["successful"], false);
 }
+
+fn data_of(reply: &[Value]) -> Vec<Value> {
+    reply
+        .iter()
+        .filter(|m| m["channel"] == "/news")
+        .map(|m| m["data"].clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivery_interval_spaces_a_sessions_replies_but_not_a_quiet_ones() {
+    let broker = broker_with(|c| c.delivery_interval = 100);
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/news").await;
+    let within = |started: Instant, ms: u64| {
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(ms) && elapsed <= Duration::from_millis(ms + 2),
+            "answered after {elapsed:?}, not {ms} ms"
+        );
+    };
+
+    // Nothing went out to bob lately: the first delivery wakes his connect at once.
+    let held = held_connect(&broker, &bob, "3");
+    settle().await;
+    let started = Instant::now();
+    publish(&broker, &alice, "/news", json!(1)).await;
+    assert_eq!(data_of(&held.await.expect("task")), [json!(1)]);
+    within(started, 0);
+
+    // Within 100 ms of that reply, what follows waits for the interval and goes out as one.
+    let held = held_connect(&broker, &bob, "4");
+    settle().await;
+    publish(&broker, &alice, "/news", json!(2)).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    publish(&broker, &alice, "/news", json!(3)).await;
+    assert_eq!(data_of(&held.await.expect("task")), [json!(2), json!(3)]);
+    within(started, 100);
+
+    // A connect arriving with deliveries queued waits out the interval too.
+    publish(&broker, &alice, "/news", json!(4)).await;
+    let reply = send(&broker, connect(&bob, "5")).await;
+    assert_eq!(data_of(&reply), [json!(4)]);
+    assert_eq!(reply.last().expect("connect reply")["successful"], true);
+    within(started, 200);
+
+    // After a quiet interval, at once again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let held = held_connect(&broker, &bob, "6");
+    settle().await;
+    let started = Instant::now();
+    publish(&broker, &alice, "/news", json!(5)).await;
+    assert_eq!(data_of(&held.await.expect("task")), [json!(5)]);
+    within(started, 0);
+}
