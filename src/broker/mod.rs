@@ -13,6 +13,7 @@ mod session;
 mod tree;
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -554,7 +555,7 @@ impl Broker {
         let ack = config.ack_extension && extensions::wants_ack(message);
         if ack {
             let mut state = session.lock();
-            state.ack = Some(AckState::new());
+            state.ack = Some(Box::new(AckState::new()));
             state.connect_only = true;
         }
         write(&self.shared.sessions).insert(client_id.clone(), session);
@@ -699,7 +700,7 @@ impl Broker {
         let hold = message
             .advice_ms("timeout")
             .map_or(config.timeout, |t| t.min(config.timeout));
-        let (held, wait) = {
+        let held = {
             let mut state = session.lock();
             if let Some(reply) = self.connect_gone(message, &state) {
                 return Outcome::Reply(single(reply));
@@ -709,7 +710,7 @@ impl Broker {
             let first = !std::mem::replace(&mut state.connected, true);
             let answer_now = first
                 || hold == 0
-                || state.ack.as_ref().is_some_and(AckState::has_unacked)
+                || state.ack.as_deref().is_some_and(AckState::has_unacked)
                 || self.shared.shutting_down.load(Ordering::SeqCst);
             let wait = self.delivery_wait(&state, hold);
             if answer_now || (!state.queue.is_empty() && wait.is_zero()) {
@@ -721,7 +722,7 @@ impl Broker {
                 ));
             }
             if !state.queue.is_empty() {
-                (None, wait)
+                Err(wait)
             } else {
                 let browser_slot = match self.acquire_browser_slot(ctx) {
                     Ok(slot) => slot,
@@ -737,44 +738,37 @@ impl Broker {
                     browser_slot,
                 });
                 session.set_deadline(u64::MAX);
-                (Some((receiver, generation)), Duration::ZERO)
+                Ok((receiver, generation))
             }
         };
-        let Some((receiver, generation)) = held else {
-            return self
-                .reply_after(session, message, wait, Wake::Deliver)
-                .await;
+        let (why, wait) = match held {
+            Err(wait) => (Wake::Deliver, wait),
+            Ok((receiver, generation)) => {
+                // Whether the wait ends or the request is dropped (client abort), the guard
+                // lets go of the held connect; a superseded one was already taken over.
+                let guard = HeldGuard {
+                    broker: self,
+                    session,
+                    generation,
+                };
+                let woken = tokio::time::timeout(Duration::from_millis(hold), receiver).await;
+                drop(guard);
+                match woken {
+                    Ok(Ok(Wake::Deliver)) => {
+                        (Wake::Deliver, self.delivery_wait(&session.lock(), hold))
+                    }
+                    Ok(Ok(why)) => (why, Duration::ZERO),
+                    Ok(Err(_)) | Err(_) => (Wake::Deliver, Duration::ZERO),
+                }
+            }
         };
-        // Whether the wait ends or the request is dropped (client abort), the guard lets go
-        // of the held connect; a superseded one was already taken over.
-        let guard = HeldGuard {
-            broker: self,
-            session,
-            generation,
-        };
-        let (why, wait) = match tokio::time::timeout(Duration::from_millis(hold), receiver).await {
-            Ok(Ok(Wake::Deliver)) => (Wake::Deliver, self.delivery_wait(&session.lock(), hold)),
-            Ok(Ok(why)) => (why, Duration::ZERO),
-            Ok(Err(_)) | Err(_) => (Wake::Deliver, Duration::ZERO),
-        };
-        drop(guard);
         if why == Wake::Superseded {
             return Outcome::Superseded;
         }
-        self.reply_after(session, message, wait, why).await
-    }
-
-    /// Answers a connect after `wait` (see `delivery_wait`). The connect is no longer held
-    /// meanwhile, so what is published in the pause just queues and rides on this reply.
-    async fn reply_after(
-        &self,
-        session: &Session,
-        message: &Message,
-        wait: Duration,
-        why: Wake,
-    ) -> Outcome {
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            // The connect is no longer held, so what is published meanwhile just queues and
+            // rides on this reply. Boxed: inline, the timer would grow every held connect.
+            Box::pin(tokio::time::sleep(wait)).await;
         }
         let mut state = session.lock();
         let ending = match why {
@@ -791,7 +785,7 @@ impl Broker {
         let interval_us = self.shared.config.delivery_interval * 1_000;
         match state.delivered_at {
             Some(at) if interval_us > 0 && !state.queue.is_empty() => {
-                let since = self.now_us().saturating_sub(at);
+                let since = self.now_us().saturating_sub(at.get());
                 Duration::from_micros(interval_us.saturating_sub(since).min(hold * 1_000))
             }
             _ => Duration::ZERO,
@@ -828,7 +822,7 @@ impl Broker {
         let mut messages = Vec::with_capacity(state.queue.len() + 1);
         self.flush_for_connect(state, &mut messages);
         if self.shared.config.delivery_interval > 0 && !messages.is_empty() {
-            state.delivered_at = Some(self.now_us());
+            state.delivered_at = NonZeroU64::new(self.now_us().max(1));
         }
         messages.push(reply);
         Response {

@@ -5,6 +5,7 @@
 //! costs no task and no timer of its own.
 
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -141,11 +142,11 @@ pub(crate) struct SessionState {
     pub subscriptions: HashSet<Box<str>>,
     /// Deliveries ride only on connect replies.
     pub connect_only: bool,
-    /// Set when the session negotiated the ack extension.
-    pub ack: Option<AckState>,
+    /// Set when the session negotiated the ack extension; boxed, as few sessions do.
+    pub ack: Option<Box<AckState>>,
     /// When the last connect reply carrying deliveries was written, µs since the broker's
     /// epoch (for `delivery_interval`); `None` before the first.
-    pub delivered_at: Option<u64>,
+    pub delivered_at: Option<NonZeroU64>,
     next_generation: u64,
 }
 
