@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """Turns bench/compare's JSON lines into bench/results.md: one table per case, the median
-over repetitions for every figure, and Halley's value divided by the best peer's."""
+over repetitions for every figure, and each Halley configuration's value divided by the best
+peer's."""
 import json
 import statistics
 import sys
 from collections import OrderedDict
 
+HALLEYS = ["halley", "halley-di50"]
 PEERS = ["faye", "cometd"]
-NAMES = {"halley": "Halley", "faye": "Faye 1.4.3", "cometd": "cometd-nodejs-server 1.2.1"}
+NAMES = {
+    "halley": "Halley",
+    "halley-di50": "Halley `--delivery-interval 50`",
+    "faye": "Faye 1.4.3",
+    "cometd": "cometd-nodejs-server 1.2.1",
+}
+RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer"}
 
 # (label, path, better): better is "hi", "lo" or None (no ratio)
 METRICS = {
@@ -95,36 +103,39 @@ def main():
     out = ["# Halley vs Faye vs cometd-nodejs-server", ""]
     out.append(f"Produced by `{command}` (raw results: `bench/results/{raw.rsplit('/', 1)[-1]}`). "
                "Each server on CPU 0, the load generator on CPU 1, loopback. Figures are medians "
-               "over the repetitions shown; the last column is Halley's figure divided by the best "
-               "peer's (best = highest for rates, lowest for latency and memory).")
+               "over the repetitions shown; the last columns are each Halley configuration's figure "
+               "divided by the best peer's (best = highest for rates, lowest for latency and memory). "
+               "`--delivery-interval 50` (off by default) spaces a session's delivery-carrying "
+               "connect replies at least 50 ms apart; it runs fanout and rooms only.")
     out.append("")
-    summary = {}
     for case, by_server in cases.items():
         workload = case.split()[0]
-        servers = [s for s in ["halley"] + PEERS if s in by_server]
+        servers = [s for s in HALLEYS + PEERS if s in by_server]
+        halleys = [s for s in HALLEYS if s in by_server]
         reps = max(len(v) for v in by_server.values())
         out.append(f"## {case}  ({reps} run{'s' if reps > 1 else ''})")
         out.append("")
-        out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | Halley ÷ best peer |")
-        out.append("|---|" + "---:|" * (len(servers) + 1))
+        out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | "
+                   + " | ".join(RATIO_NAMES[h] for h in halleys) + " |")
+        out.append("|---|" + "---:|" * (len(servers) + len(halleys)))
         for label, path, better in METRICS.get(workload, []):
             if path is None:
                 vals = {s: f"{median([r.get('left') for r in by_server[s]])} / "
                            f"{median([r.get('vanished') for r in by_server[s]])}" for s in servers}
-                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers) + " | |")
+                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers) + " |" * (len(halleys) + 1))
                 continue
             if path == "error_total" or path in ("lost", "duplicated", "out_of_order"):
                 vals = {s: max((get(r, path) or 0) for r in by_server[s]) for s in servers}
             else:
                 vals = {s: median([get(r, path) for r in by_server[s]]) for s in servers}
-            ratio = ""
             peer_vals = [vals[p] for p in PEERS if p in vals and vals[p] is not None]
-            if better and "halley" in vals and vals["halley"] is not None and peer_vals:
+            best = None
+            if better and peer_vals:
                 best = max(peer_vals) if better == "hi" else min(peer_vals)
-                if best:
-                    ratio = f"{vals['halley'] / best:.2f}×"
-            summary[(case, path)] = (vals, ratio)
-            out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + f" | {ratio} |")
+            ratios = [f"{vals[h] / best:.2f}×" if best and vals[h] is not None else ""
+                      for h in halleys]
+            out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | "
+                       + " | ".join(ratios) + " |")
         out.append("")
     out.append("Counts of lost, duplicated, out-of-order and errors are the worst run, not the median.")
     out.append("")
