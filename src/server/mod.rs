@@ -225,7 +225,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("halley listening on http://{local}{}", config.path);
-    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, "halley started");
+    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, "halley started");
     let broker = broker(config)?;
     serve(listener, broker, shutdown_signal()).await
 }
