@@ -2,13 +2,12 @@
 //! through the same policy, hooks, queues and routing, without HTTP.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::session::{HeldConnect, Session, Wake};
-use super::{Broker, Removal, SessionEvent, write};
+use super::{Broker, Removal};
 use crate::protocol::{BayeuxError, Message};
 
 /// A session owned by Rust code in the same process. It never expires; dropping it
@@ -30,23 +29,9 @@ impl Broker {
     /// Opens an in-process session. `identity` is what the security policy sees for it
     /// (`None`: anonymous). Handshake policy does not apply: the process trusts itself.
     pub fn open_local_session(&self, identity: Option<&str>) -> LocalSession {
-        let client_id: Box<str> = format!("{:032x}", rand::random::<u128>()).into();
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let config = &self.shared.config;
         // Deadline `u64::MAX`: the sweeper never expires it.
-        let session = Arc::new(Session::new(
-            key,
-            client_id.clone(),
-            None,
-            identity.map(Into::into),
-            config.max_queue,
-            false,
-            u64::MAX,
-        ));
-        session.lock().connected = true;
-        write(&self.shared.sessions).insert(client_id.clone(), session.clone());
-        self.emit(SessionEvent::Opened {
-            client_id: &client_id,
+        let session = self.open_session(None, identity, false, u64::MAX, |state| {
+            state.connected = true;
         });
         LocalSession {
             broker: self.clone(),

@@ -454,6 +454,37 @@ impl Broker {
         }
     }
 
+    /// Creates a session under a fresh random clientId, lets `setup` adjust its state before
+    /// anyone can see it, registers it and announces it: the one way sessions come to be, for
+    /// handshakes and in-process sessions alike.
+    fn open_session(
+        &self,
+        browser_id: Option<&str>,
+        identity: Option<&str>,
+        connect_only: bool,
+        deadline: u64,
+        setup: impl FnOnce(&mut SessionState),
+    ) -> Arc<Session> {
+        let client_id: Box<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            key,
+            client_id.clone(),
+            browser_id.map(Into::into),
+            identity.map(Into::into),
+            self.shared.config.max_queue,
+            connect_only,
+            deadline,
+        ));
+        setup(&mut session.lock());
+        write(&self.shared.sessions).insert(client_id, session.clone());
+        tracing::debug!(client_id = %session.client_id, "session created");
+        self.emit(SessionEvent::Opened {
+            client_id: &session.client_id,
+        });
+        session
+    }
+
     fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
     }
@@ -539,31 +570,21 @@ impl Broker {
                 return single(reply.encode());
             }
         };
-        let client_id: Box<str> = format!("{:032x}", rand::random::<u128>()).into();
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let deadline = self.now_ms() + config.interval + config.max_interval;
-        let session = Arc::new(Session::new(
-            key,
-            client_id.clone(),
-            ctx.browser_id.as_deref().map(Into::into),
-            identity.map(Into::into),
-            config.max_queue,
-            config.connect_only_delivery,
-            deadline,
-        ));
         // Ack sessions get deliveries only on connect replies, in numbered batches.
         let ack = config.ack_extension && extensions::wants_ack(message);
-        if ack {
-            let mut state = session.lock();
-            state.ack = Some(Box::new(AckState::new()));
-            state.connect_only = true;
-        }
-        write(&self.shared.sessions).insert(client_id.clone(), session);
-        tracing::debug!(client_id = %client_id, "session created");
-        self.emit(SessionEvent::Opened {
-            client_id: &client_id,
-        });
-        reply.client_id = Some(&client_id);
+        let session = self.open_session(
+            ctx.browser_id.as_deref(),
+            identity.as_deref(),
+            config.connect_only_delivery,
+            self.now_ms() + config.interval + config.max_interval,
+            |state| {
+                if ack {
+                    state.ack = Some(Box::new(AckState::new()));
+                    state.connect_only = true;
+                }
+            },
+        );
+        reply.client_id = Some(&session.client_id);
         reply.version = Some(BAYEUX_VERSION);
         reply.minimum_version = Some(BAYEUX_VERSION);
         reply.supported_connection_types = Some(&self.shared.connection_types);
