@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::broker::Broker;
 use crate::config::{ApiKey, ApiRight};
-use crate::protocol::{ChannelClass, ChannelName, Message};
+use crate::protocol::{ChannelName, Message, Publisher};
 
 /// Why an API request failed; each maps to a status and a JSON `{"error": …}` body.
 #[derive(Debug, thiserror::Error)]
@@ -140,17 +140,8 @@ fn publish_item(index: usize, item: Value) -> Result<Message, ApiError> {
         Some(Value::String(channel)) => channel,
         _ => return Err(at("channel must be a string")),
     };
-    match ChannelName::parse(&channel) {
-        Err(e) => return Err(at(&format!("invalid channel {channel:?}: {e}"))),
-        Ok(name) if name.wildcard().is_some() => {
-            return Err(at(&format!("cannot publish to the wildcard {channel:?}")));
-        }
-        Ok(name) if name.class() != ChannelClass::Broadcast => {
-            return Err(at(&format!(
-                "{channel:?} is a meta or service channel; publish to a broadcast channel"
-            )));
-        }
-        Ok(_) => {}
+    if let Err(e) = ChannelName::for_publish(&channel, Publisher::Server) {
+        return Err(at(&format!("channel {channel:?}: {e}")));
     }
     let raw = |value: Value| {
         serde_json::value::to_raw_value(&value).map_err(|e| at(&format!("unencodable value: {e}")))

@@ -186,8 +186,8 @@ pub struct Config {
     /// Most TCP connections served at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers, ms (slow-loris defence).
-    /// hyper counts idle keep-alive time into it, so it defaults to `timeout` + 15 s
-    /// (BAYEUX.md TR-HTTP-4).
+    /// It also bounds an idle keep-alive connection's wait for its next request, so it
+    /// defaults to `timeout` + 15 s (BAYEUX.md TR-HTTP-4).
     pub header_timeout: Option<u64>,
     /// How long a client may take to send a request's body, ms.
     pub body_timeout: u64,
@@ -206,6 +206,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
+    /// What carries publishes between nodes: `memory` (one process).
+    pub engine: String,
 }
 
 impl Default for Config {
@@ -243,6 +245,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             security: SecurityConfig::default(),
             log_level: "info".into(),
+            engine: "memory".into(),
         }
     }
 }
@@ -411,6 +414,9 @@ pub struct Args {
     /// Log level or tracing filter directive [default: info].
     #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// What carries publishes between nodes: `memory` (one process) [default: memory].
+    #[arg(long, env = "HALLEY_ENGINE", value_name = "ENGINE")]
+    pub engine: Option<String>,
 }
 
 impl Config {
@@ -460,7 +466,8 @@ impl Config {
             max_sessions,
             max_handshakes_per_second,
             busy_interval,
-            log_level
+            log_level,
+            engine
         );
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;

@@ -5,8 +5,10 @@
 //!
 //! - [`protocol`]: the wire model — messages, replies, advice, channel names, error
 //!   strings. Pure data, no I/O.
-//! - [`broker`]: sessions, the subscription tree, per-session queues, held connects,
+//! - [`broker`]: sessions, the subscription tree, per-session outboxes, held connects,
 //!   expiry and routing. Knows nothing of HTTP.
+//! - [`engine`]: carries publishes between the nodes of a cluster; in-memory (one
+//!   process) by default.
 //! - [`transport`]: one file per Bayeux transport, adapting HTTP requests to broker
 //!   batches and back.
 //! - [`server`]: the axum router, the accept loop and its own lean HTTP/1.1 connection
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod protocol;
 pub mod security;
 pub mod server;

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::session::DeliveryQueue;
+use super::outbox::DeliveryQueue;
 use crate::protocol::Message;
 
 /// Per-session state of the acknowledgement extension.

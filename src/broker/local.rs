@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
 
-use super::session::{HeldConnect, Session, Wake};
+use super::outbox::{Attachment, Wake};
+use super::session::Session;
 use super::{Broker, Removal};
 use crate::protocol::{BayeuxError, Message};
 
@@ -15,6 +15,8 @@ use crate::protocol::{BayeuxError, Message};
 pub struct LocalSession {
     broker: Broker,
     session: Arc<Session>,
+    /// Its attachment to the session's outbox while [`LocalSession::receive`] waits.
+    reader: Option<Attachment>,
 }
 
 impl std::fmt::Debug for LocalSession {
@@ -36,6 +38,7 @@ impl Broker {
         LocalSession {
             broker: self.clone(),
             session,
+            reader: None,
         }
     }
 }
@@ -73,20 +76,21 @@ impl LocalSession {
     /// [`LocalSession::receive`].
     pub fn publish(&self, channel: &str, data: &Value) -> Result<(), BayeuxError> {
         let mut message = self.message(channel);
-        let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::ChannelInvalid)?;
+        let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::DataInvalid)?;
         message.data = Some(raw);
         self.broker.publish_from(&message, channel, &self.session)
     }
 
     /// Waits for the next messages delivered to this session, in order. Returns `None`
-    /// once the session has been closed (for example by [`Broker::disconnect`]).
+    /// once the session has been closed (for example by [`Broker::disconnect`]); the
+    /// broker's shutdown does not close it.
     pub async fn receive(&mut self) -> Option<Vec<Value>> {
         loop {
-            let receiver = {
+            let reader = {
                 let mut state = self.session.lock();
-                if !state.queue.is_empty() {
+                if !state.outbox.queue.is_empty() {
                     let mut out = Vec::new();
-                    state.queue.drain_into(&mut out);
+                    state.outbox.queue.drain_into(&mut out);
                     let messages = out
                         .iter()
                         .filter_map(|bytes| serde_json::from_slice(bytes).ok())
@@ -96,19 +100,19 @@ impl LocalSession {
                 if state.removed.is_some() {
                     return None;
                 }
-                let (waker, receiver) = oneshot::channel();
-                let generation = state.next_generation();
-                state.held = Some(HeldConnect {
-                    generation,
-                    waker: Some(waker),
-                    browser_slot: None,
-                });
-                receiver
+                match self.reader.filter(|r| state.outbox.is_reader(*r)) {
+                    Some(reader) => reader,
+                    None => {
+                        let (reader, _) = state.outbox.attach(None);
+                        self.reader = Some(reader);
+                        reader
+                    }
+                }
             };
-            let why = receiver.await.unwrap_or(Wake::Removed);
-            self.session.lock().held = None;
-            if why == Wake::ShuttingDown {
-                return None;
+            match self.session.woken(reader).await {
+                Wake::Deliver | Wake::Removed | Wake::ShuttingDown => {}
+                // Only this handle reads a local session; nothing else attaches.
+                Wake::Superseded => self.reader = None,
             }
         }
     }

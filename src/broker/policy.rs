@@ -5,8 +5,13 @@
 //! cares about. Hooks run on the request path with no broker lock held; they must not
 //! block.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
 use serde_json::Value;
 
+use super::session::Session;
+use super::{Broker, read};
 use crate::protocol::{ChannelName, Message};
 
 /// Who a session is, as far as hooks are concerned.
@@ -98,5 +103,34 @@ pub trait MessageHook: Send + Sync + 'static {
     fn outgoing(&self, message: &mut Message) -> bool {
         let _ = message;
         true
+    }
+}
+
+impl Broker {
+    pub(super) fn policy(&self) -> Arc<dyn SecurityPolicy> {
+        read(&self.shared.policy).clone()
+    }
+
+    /// Runs the incoming hooks over a batch; returns which messages they deleted (empty
+    /// when there are no hooks).
+    pub(super) fn run_incoming(
+        &self,
+        batch: &mut [Message],
+        session: Option<&Session>,
+    ) -> Vec<bool> {
+        let hooks = read(&self.shared.hooks).clone();
+        if hooks.is_empty() {
+            return Vec::new();
+        }
+        let info = session.map(Session::info);
+        batch
+            .iter_mut()
+            .map(|message| {
+                !hooks.iter().all(|hook| {
+                    catch_unwind(AssertUnwindSafe(|| hook.incoming(info.as_ref(), message)))
+                        .unwrap_or(false)
+                })
+            })
+            .collect()
     }
 }

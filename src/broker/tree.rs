@@ -66,28 +66,45 @@ impl<V> Default for SubscriptionTree<V> {
     }
 }
 
+/// What a subscribe or unsubscribe changed, so the broker can tell its engine when a
+/// pattern gains its first subscriber or loses its last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: the subscriber already was (or was not) subscribed.
+    None,
+    /// The pattern's subscribers changed.
+    Changed,
+    /// The pattern went from no subscriber to one, or from one to none.
+    Edge,
+}
+
 impl<V: Clone> SubscriptionTree<V> {
-    /// Subscribes `key` to `pattern`. Returns false when it already was.
-    pub fn insert(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey, value: V) -> bool {
+    /// Subscribes `key` to `pattern`.
+    pub fn insert(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey, value: V) -> Change {
         let mut node = &mut self.root;
         for segment in path_of(pattern) {
             node = node.children.entry(segment.into()).or_default();
         }
-        let added = node
-            .set_mut(pattern.wildcard())
-            .insert(key, value)
-            .is_none();
-        self.count += usize::from(added);
-        added
+        let set = node.set_mut(pattern.wildcard());
+        if set.insert(key, value).is_some() {
+            return Change::None;
+        }
+        self.count += 1;
+        if set.len() == 1 {
+            Change::Edge
+        } else {
+            Change::Changed
+        }
     }
 
-    /// Unsubscribes `key` from `pattern`, pruning nodes left empty. Returns false when it
-    /// was not subscribed.
-    pub fn remove(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey) -> bool {
+    /// Unsubscribes `key` from `pattern`, pruning nodes left empty.
+    pub fn remove(&mut self, pattern: &ChannelName<'_>, key: SubscriberKey) -> Change {
         let path: Vec<&str> = path_of(pattern).collect();
-        let removed = remove_at(&mut self.root, &path, pattern.wildcard(), key);
-        self.count -= usize::from(removed);
-        removed
+        let change = remove_at(&mut self.root, &path, pattern.wildcard(), key);
+        if change != Change::None {
+            self.count -= 1;
+        }
+        change
     }
 
     /// Everyone who receives a publish on the concrete channel `channel`, each once.
@@ -142,12 +159,17 @@ fn remove_at<V>(
     path: &[&str],
     wildcard: Option<Wildcard>,
     key: SubscriberKey,
-) -> bool {
+) -> Change {
     let Some((first, rest)) = path.split_first() else {
-        return node.set_mut(wildcard).remove(&key).is_some();
+        let set = node.set_mut(wildcard);
+        return match set.remove(&key) {
+            None => Change::None,
+            Some(_) if set.is_empty() => Change::Edge,
+            Some(_) => Change::Changed,
+        };
     };
     let Some(child) = node.children.get_mut(*first) else {
-        return false;
+        return Change::None;
     };
     let removed = remove_at(child, rest, wildcard, key);
     if child.is_empty() {
@@ -183,7 +205,7 @@ mod tests {
             (9, "/x/**"),
         ];
         for (key, pattern) in subs {
-            assert!(tree.insert(&name(pattern), key, key));
+            assert_ne!(tree.insert(&name(pattern), key, key), Change::None);
         }
         assert_eq!(matching(&tree, "/a/b/c"), vec![1, 2, 3, 4, 5]);
         assert_eq!(matching(&tree, "/a/b"), vec![4, 5, 6, 8]);
@@ -205,12 +227,14 @@ mod tests {
     #[test]
     fn insert_is_idempotent_and_remove_prunes() {
         let mut tree = SubscriptionTree::default();
-        assert!(tree.insert(&name("/a/b/c"), 1, 1));
-        assert!(!tree.insert(&name("/a/b/c"), 1, 1));
-        assert_eq!(tree.len(), 1);
-        assert!(tree.remove(&name("/a/b/c"), 1));
-        assert!(!tree.remove(&name("/a/b/c"), 1));
-        assert!(!tree.remove(&name("/never/there"), 1));
+        assert_eq!(tree.insert(&name("/a/b/c"), 1, 1), Change::Edge);
+        assert_eq!(tree.insert(&name("/a/b/c"), 1, 1), Change::None);
+        assert_eq!(tree.insert(&name("/a/b/c"), 2, 2), Change::Changed);
+        assert_eq!(tree.len(), 2);
+        assert_eq!(tree.remove(&name("/a/b/c"), 1), Change::Changed);
+        assert_eq!(tree.remove(&name("/a/b/c"), 2), Change::Edge);
+        assert_eq!(tree.remove(&name("/a/b/c"), 1), Change::None);
+        assert_eq!(tree.remove(&name("/never/there"), 1), Change::None);
         assert!(tree.is_empty());
         assert!(tree.root.is_empty(), "empty nodes are pruned");
         tree.insert(&name("/a/**"), 1, 1);

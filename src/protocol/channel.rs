@@ -32,6 +32,34 @@ pub enum ChannelError {
     TooLong,
 }
 
+/// Why a channel cannot be published to. One check serves clients, the server side and
+/// the HTTP API, so they refuse the same channels for the same reasons.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PublishChannelError {
+    /// Not a valid channel name.
+    #[error("invalid channel: {0}")]
+    Invalid(#[from] ChannelError),
+    /// A pattern: publishes go to one concrete channel.
+    #[error("cannot publish to a wildcard pattern")]
+    Wildcard,
+    /// `/meta/` channels belong to the protocol.
+    #[error("cannot publish to a /meta/ channel")]
+    Meta,
+    /// A server-side publish to a `/service/` channel: those only reach handlers, when a
+    /// client publishes to them.
+    #[error("a /service/ channel is never broadcast; publish to a broadcast channel")]
+    Service,
+}
+
+/// Who publishes, which decides whether `/service/` channels are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publisher {
+    /// A session: `/service/` publishes go to their handler.
+    Session,
+    /// The server itself or the HTTP API: broadcast channels only.
+    Server,
+}
+
 /// What may be done with a channel, decided by its first segment (BAYEUX.md 1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelClass {
@@ -103,6 +131,20 @@ impl<'a> ChannelName<'a> {
             class,
             wildcard,
         })
+    }
+
+    /// Parses the channel a publish names: concrete, not `/meta/`, and for the server side
+    /// a broadcast channel.
+    pub fn for_publish(name: &'a str, by: Publisher) -> Result<Self, PublishChannelError> {
+        let channel = ChannelName::parse(name)?;
+        if channel.wildcard.is_some() {
+            return Err(PublishChannelError::Wildcard);
+        }
+        match (channel.class, by) {
+            (ChannelClass::Meta, _) => Err(PublishChannelError::Meta),
+            (ChannelClass::Service, Publisher::Server) => Err(PublishChannelError::Service),
+            _ => Ok(channel),
+        }
     }
 
     /// The name as it arrived.

@@ -5,6 +5,8 @@
 
 use thiserror::Error;
 
+use super::channel::PublishChannelError;
+
 /// A Bayeux-level failure of one message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BayeuxError {
@@ -47,6 +49,12 @@ pub enum BayeuxError {
     /// A malformed channel name, or a publish to a wildcard.
     #[error("405::channel_invalid")]
     ChannelInvalid,
+    /// A server-side publish to a `/service/` channel, which is never broadcast.
+    #[error("405:{0}:channel_not_broadcast")]
+    NotBroadcast(String),
+    /// A server-side publish whose data cannot be serialized as JSON.
+    #[error("400::data_invalid")]
+    DataInvalid,
     /// An `id` that is neither a short string nor a number.
     #[error("405::message_id_invalid")]
     MessageIdInvalid,
@@ -60,6 +68,19 @@ pub enum BayeuxError {
     /// A server-side service handler failed while handling the message.
     #[error("500::handler_failed")]
     HandlerFailed,
+}
+
+impl BayeuxError {
+    /// The Bayeux error for a publish to `channel` refused by [`PublishChannelError`].
+    pub fn for_publish(channel: &str, error: PublishChannelError) -> BayeuxError {
+        match error {
+            PublishChannelError::Invalid(_) | PublishChannelError::Wildcard => {
+                BayeuxError::ChannelInvalid
+            }
+            PublishChannelError::Meta => BayeuxError::MetaPublishDenied,
+            PublishChannelError::Service => BayeuxError::NotBroadcast(channel.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +99,8 @@ mod tests {
             BayeuxError::MetaPublishDenied,
             BayeuxError::SubscriptionLimit,
             BayeuxError::ChannelInvalid,
+            BayeuxError::NotBroadcast("/service/x".into()),
+            BayeuxError::DataInvalid,
             BayeuxError::MessageIdInvalid,
             BayeuxError::HandlerFailed,
             BayeuxError::ServerUnavailable,

@@ -6,7 +6,9 @@ pub mod channel;
 pub mod error;
 pub mod message;
 
-pub use channel::{ChannelClass, ChannelError, ChannelName, Wildcard};
+pub use channel::{
+    ChannelClass, ChannelError, ChannelName, PublishChannelError, Publisher, Wildcard,
+};
 pub use error::BayeuxError;
 pub use message::{
     Advice, BAYEUX_VERSION, DecodeError, Delivery, DirectMessage, Message, Reconnect, Reply,

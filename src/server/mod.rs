@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::config::ConfigError;
 use crate::security::ConfiguredPolicy;
 use crate::transport::{self, CONNECTION_TYPES};
-use crate::{api, demo};
+use crate::{api, demo, engine};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,8 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
         .then(|| ConfiguredPolicy::new(&config.security))
         .transpose()?;
     let demo = config.demo;
-    let broker = Broker::new(config, CONNECTION_TYPES);
+    let engine = engine::from_config(&config.engine)?;
+    let broker = Broker::with_engine(config, CONNECTION_TYPES, engine);
     if let Some(policy) = policy {
         broker.set_policy(policy);
     }

@@ -1,0 +1,148 @@
+//! `/meta/handshake`: the session limit, the handshake rate limit, the security policy's
+//! verdict, and the one way sessions come to be.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::extensions::{self, AckState};
+use super::session::{Session, SessionState};
+use super::{
+    Broker, HandshakeRequest, HandshakeVerdict, ReplyBatch, RequestContext, SessionEvent, read,
+    write,
+};
+use crate::protocol::{Advice, BAYEUX_VERSION, BayeuxError, Message, Reply};
+
+impl Broker {
+    /// Why a new session cannot be taken now, if it cannot: the session limit, or the
+    /// handshake rate limit (a token bucket refilled at `max_handshakes_per_second`).
+    fn over_capacity(&self) -> Option<&'static str> {
+        let config = &self.shared.config;
+        if read(&self.shared.sessions).len() >= config.max_sessions {
+            return Some("session limit reached");
+        }
+        let rate = f64::from(config.max_handshakes_per_second);
+        if rate > 0.0 {
+            let mut bucket = self
+                .shared
+                .handshake_bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let (tokens, last) = *bucket;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+            if tokens < 1.0 {
+                *bucket = (tokens, now);
+                return Some("handshake rate limit reached");
+            }
+            *bucket = (tokens - 1.0, now);
+        }
+        None
+    }
+
+    pub(super) fn handshake(&self, message: &Message, ctx: &RequestContext) -> ReplyBatch {
+        let config = &self.shared.config;
+        let mut reply = Reply::to(message);
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            reply.fail(BayeuxError::ServerUnavailable);
+            // The configured interval, as on drained connects: aiocometd reads it as seconds.
+            reply.advice = Some(Advice {
+                interval: Some(config.interval),
+                ..Advice::HANDSHAKE
+            });
+            return ReplyBatch::single(reply.encode());
+        }
+        if let Some(why) = self.over_capacity() {
+            tracing::warn!(reason = why, "handshake refused");
+            reply.fail(BayeuxError::ServerBusy);
+            reply.advice = Some(Advice {
+                interval: Some(config.busy_interval),
+                ..Advice::HANDSHAKE
+            });
+            return ReplyBatch::single(reply.encode());
+        }
+        let ext: Option<Value> = message
+            .ext
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let verdict = self.policy().can_handshake(&HandshakeRequest {
+            ext: ext.as_ref(),
+            browser_id: ctx.browser_id.as_deref(),
+        });
+        let (identity, reply_ext) = match verdict {
+            HandshakeVerdict::Allow {
+                identity,
+                reply_ext,
+            } => (identity, reply_ext),
+            HandshakeVerdict::Deny { reason } => {
+                tracing::info!(%reason, "handshake denied");
+                reply.fail(BayeuxError::HandshakeDenied);
+                reply.advice = Some(Advice::NONE);
+                return ReplyBatch::single(reply.encode());
+            }
+        };
+        // Ack sessions get deliveries only on connect replies, in numbered batches.
+        let ack = config.ack_extension && extensions::wants_ack(message);
+        let session = self.open_session(
+            ctx.browser_id.as_deref(),
+            identity.as_deref(),
+            config.connect_only_delivery,
+            self.now_ms() + config.interval + config.max_interval,
+            |state| {
+                if ack {
+                    state.ack = Some(Box::new(AckState::new()));
+                    state.connect_only = true;
+                }
+            },
+        );
+        reply.client_id = Some(&session.client_id);
+        reply.version = Some(BAYEUX_VERSION);
+        reply.minimum_version = Some(BAYEUX_VERSION);
+        reply.supported_connection_types = Some(&self.shared.connection_types);
+        reply.advice = Some(Advice::retry(config.interval, config.timeout));
+        if let Some(ext) = reply_ext {
+            reply.merge_ext(ext);
+        }
+        if ack {
+            reply.add_ext("ack", Value::Bool(true));
+        }
+        ReplyBatch {
+            messages: vec![reply.encode()],
+            handshake_succeeded: true,
+        }
+    }
+
+    /// Creates a session under a fresh random clientId, lets `setup` adjust its state before
+    /// anyone can see it, registers it and announces it: the one way sessions come to be, for
+    /// handshakes and in-process sessions alike.
+    pub(super) fn open_session(
+        &self,
+        browser_id: Option<&str>,
+        identity: Option<&str>,
+        connect_only: bool,
+        deadline: u64,
+        setup: impl FnOnce(&mut SessionState),
+    ) -> Arc<Session> {
+        // 122 random bits (UUID v4) in 32 hex digits, as clientIds have always looked.
+        let client_id: Box<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            key,
+            client_id.clone(),
+            browser_id.map(Into::into),
+            identity.map(Into::into),
+            self.shared.config.max_queue,
+            connect_only,
+            deadline,
+        ));
+        setup(&mut session.lock());
+        write(&self.shared.sessions).insert(client_id, session.clone());
+        tracing::debug!(client_id = %session.client_id, "session created");
+        self.emit(SessionEvent::Opened {
+            client_id: &session.client_id,
+        });
+        session
+    }
+}

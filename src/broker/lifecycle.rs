@@ -1,0 +1,120 @@
+//! How sessions end: a disconnect (the client's or the server's), expiry by the one
+//! sweeper task, queue overflow, and the broker's shutdown.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::outbox::Wake;
+use super::session::Session;
+use super::{Broker, Removal, SessionEvent, Shared, read, write};
+use crate::engine::Interest;
+use crate::protocol::ChannelName;
+use crate::protocol::message::server_disconnect;
+
+impl Broker {
+    /// Removes the session `client_id` from the server side: its held connect is answered
+    /// with a `/meta/disconnect` message and `reconnect: none`. Returns false for an
+    /// unknown session.
+    pub fn disconnect(&self, client_id: &str) -> bool {
+        let session = read(&self.shared.sessions).get(client_id).cloned();
+        session.is_some_and(|s| self.remove_session(&s, Removal::Kicked))
+    }
+
+    /// Removes every session whose deadline has passed. Returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let expired: Vec<Arc<Session>> = read(&self.shared.sessions)
+            .values()
+            .filter(|s| s.deadline() <= now)
+            .cloned()
+            .collect();
+        expired
+            .iter()
+            .filter(|s| self.remove_session(s, Removal::Expired))
+            .count()
+    }
+
+    /// Starts the one background task that expires sessions. It stops when every
+    /// `Broker` handle is dropped.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let period = Duration::from_millis(self.shared.config.sweep_interval);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let removed = Broker { shared }.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, "expired sessions swept");
+                }
+            }
+        })
+    }
+
+    /// Whether [`Broker::shutdown`] was called (readiness probes report it).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Starts draining: handshakes are refused with `reconnect: handshake` and an
+    /// interval, and every held connect is answered at once with `reconnect: retry`, so
+    /// clients come back to another instance.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = read(&self.shared.sessions).values().cloned().collect();
+        for session in sessions {
+            session.lock().outbox.wake(Wake::ShuttingDown);
+        }
+    }
+
+    /// Removes a session for good. Returns false if it was already gone (or, for expiry,
+    /// has been revived by a connect since the sweeper looked).
+    pub(super) fn remove_session(&self, session: &Arc<Session>, why: Removal) -> bool {
+        let mut state = session.lock();
+        if state.removed.is_some()
+            || (why == Removal::Expired && session.deadline() > self.now_ms())
+        {
+            return false;
+        }
+        state.removed = Some(why);
+        {
+            let mut sessions = write(&self.shared.sessions);
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.client_id);
+            }
+        }
+        let subscriptions = std::mem::take(&mut state.subscriptions);
+        if !subscriptions.is_empty() {
+            let mut tree = write(&self.shared.tree);
+            for pattern in subscriptions.iter() {
+                if let Ok(name) = ChannelName::parse(pattern) {
+                    let change = tree.remove(&name, session.key);
+                    self.report_interest(pattern, change, Interest::Last);
+                }
+            }
+        }
+        if why == Removal::Kicked {
+            state.outbox.queue.push_unbounded(server_disconnect());
+        }
+        if state.outbox.has_reader() {
+            state.outbox.wake(Wake::Removed);
+        } else {
+            let mut gone = Vec::new();
+            state.outbox.queue.drain_into(&mut gone);
+        }
+        drop(state);
+        tracing::debug!(client_id = %session.client_id, reason = ?why, "session removed");
+        self.emit(SessionEvent::Closed {
+            client_id: &session.client_id,
+            reason: why,
+        });
+        true
+    }
+}
