@@ -19,6 +19,36 @@ pub enum OverflowPolicy {
     Disconnect,
 }
 
+/// A Bayeux transport the server can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// JSON over POST (and GET) requests, one held per session (BAYEUX.md 4.2).
+    LongPolling,
+    /// JSONP over GET requests, for pages that cannot POST cross-origin (BAYEUX.md 4.5).
+    CallbackPolling,
+    /// One JSON array per text frame over a WebSocket; deliveries are pushed.
+    Websocket,
+}
+
+impl Transport {
+    /// Every transport, the default set.
+    pub const ALL: [Transport; 3] = [
+        Transport::LongPolling,
+        Transport::CallbackPolling,
+        Transport::Websocket,
+    ];
+
+    /// The name clients use for it in `supportedConnectionTypes` and `connectionType`.
+    pub fn connection_type(self) -> &'static str {
+        match self {
+            Transport::LongPolling => "long-polling",
+            Transport::CallbackPolling => "callback-polling",
+            Transport::Websocket => "websocket",
+        }
+    }
+}
+
 /// The `SameSite` attribute of the `BAYEUX_BROWSER` cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -208,6 +238,11 @@ pub struct Config {
     pub log_level: String,
     /// What carries publishes between nodes: `memory` (one process).
     pub engine: String,
+    /// The transports offered to clients; requests of any other are refused.
+    pub transports: Vec<Transport>,
+    /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
+    /// idle timeouts of proxies, which would otherwise close a quiet socket.
+    pub websocket_ping_interval: u64,
 }
 
 impl Default for Config {
@@ -246,6 +281,8 @@ impl Default for Config {
             security: SecurityConfig::default(),
             log_level: "info".into(),
             engine: "memory".into(),
+            transports: Transport::ALL.to_vec(),
+            websocket_ping_interval: 25_000,
         }
     }
 }
@@ -417,6 +454,17 @@ pub struct Args {
     /// What carries publishes between nodes: `memory` (one process) [default: memory].
     #[arg(long, env = "HALLEY_ENGINE", value_name = "ENGINE")]
     pub engine: Option<String>,
+    /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket].
+    #[arg(
+        long,
+        env = "HALLEY_TRANSPORTS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub transports: Option<Vec<Transport>>,
+    /// How often a WebSocket gets a ping frame, ms; 0 never [default: 25000].
+    #[arg(long, env = "HALLEY_WEBSOCKET_PING_INTERVAL", value_name = "MS")]
+    pub websocket_ping_interval: Option<u64>,
 }
 
 impl Config {
@@ -467,7 +515,9 @@ impl Config {
             max_handshakes_per_second,
             busy_interval,
             log_level,
-            engine
+            engine,
+            transports,
+            websocket_ping_interval
         );
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;
@@ -511,6 +561,9 @@ impl Config {
         }
         if self.sweep_interval == 0 || self.sweep_interval > 60_000 {
             return invalid("sweep_interval must be between 1 and 60000 ms");
+        }
+        if self.transports.is_empty() {
+            return invalid("transports must name at least one transport");
         }
         if self.delivery_interval > 10_000 {
             return invalid("delivery_interval must be at most 10000 ms");

@@ -288,65 +288,6 @@ impl Broker {
         }
         reply.encode()
     }
-
-    /// The answer to a connect over its browser's long-poll limit: poll at an interval,
-    /// or stop.
-    fn multiple_clients(&self, session: &Session, message: &Message) -> ReplyBatch {
-        let config = &self.shared.config;
-        let mut reply = Reply::to(message);
-        if config.multi_session_interval > 0 {
-            let interval = config.multi_session_interval as u64;
-            reply.advice = Some(Advice {
-                multiple_clients: Some(true),
-                ..Advice::retry(interval, config.timeout)
-            });
-            session.set_deadline(self.now_ms() + interval + config.max_interval);
-        } else {
-            reply.successful = false;
-            reply.advice = Some(Advice {
-                multiple_clients: Some(true),
-                ..Advice::NONE
-            });
-        }
-        ReplyBatch::single(reply.encode())
-    }
-
-    /// Takes a long-poll slot of the request's browser. `Ok(None)`: no slot is needed.
-    fn acquire_browser_slot(&self, ctx: &RequestContext) -> Result<Option<Box<str>>, ()> {
-        let Some(browser) = ctx.browser_id.as_deref().filter(|_| !ctx.multiplexed) else {
-            return Ok(None);
-        };
-        let mut browsers = self
-            .shared
-            .browsers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let held = browsers.entry(browser.into()).or_insert(0);
-        if *held >= self.shared.config.max_sessions_per_browser {
-            if *held == 0 {
-                browsers.remove(browser);
-            }
-            return Err(());
-        }
-        *held += 1;
-        Ok(Some(browser.into()))
-    }
-
-    /// Gives back a long-poll slot taken by [`Broker::acquire_browser_slot`].
-    pub(super) fn release_browser_slot(&self, browser: Option<&str>) {
-        let Some(browser) = browser else { return };
-        let mut browsers = self
-            .shared
-            .browsers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = browsers.get_mut(browser) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                browsers.remove(browser);
-            }
-        }
-    }
 }
 
 /// Detaches a held connect whose request ended or was dropped (client abort, server
@@ -362,5 +303,122 @@ impl Drop for HeldGuard<'_> {
         let mut state = self.session.lock();
         self.broker
             .release_held(self.session, &mut state, self.attachment);
+    }
+}
+
+/// A `/meta/connect` held over a push transport (a WebSocket): the socket is the
+/// session's outbox reader until the connect is answered, and deliveries that arrive
+/// meanwhile go out at once as their own frames ([`PushConnect::take_deliveries`]).
+/// Dropping it (the socket closed) detaches it, and the session starts ageing towards
+/// expiry; a superseded one is simply never answered.
+pub(crate) struct PushConnect {
+    broker: Broker,
+    session: Arc<Session>,
+    attachment: Attachment,
+    /// The connect, for its reply; boxed, since a socket holds this while it idles.
+    message: Box<Message>,
+    /// When the hold runs out and the connect is answered.
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for PushConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConnect")
+            .field("client_id", &self.session.client_id)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// What a push transport does after its held connect woke.
+#[derive(Debug)]
+pub(crate) enum PushWake {
+    /// Write these deliveries as a frame of their own; the connect stays held.
+    Deliver(Vec<Bytes>),
+    /// Answer the connect now (a connect-only session's deliveries, removal, shutdown).
+    Answer,
+    /// A newer connection took over: forget the connect, never answer it.
+    Superseded,
+}
+
+impl Broker {
+    /// Opens a `/meta/connect` that came alone over a push transport: answered now, as a
+    /// connect alone over HTTP would be (first connect, no hold, unacknowledged batches,
+    /// deliveries queued, shutdown), or held without waiting here.
+    pub(crate) fn connect_pushed(
+        &self,
+        session: &Arc<Session>,
+        message: &Message,
+    ) -> Result<ReplyBatch, PushConnect> {
+        let hold = self.hold_of(message);
+        let mut state = session.lock();
+        let first = match self.open_connect(&mut state, message) {
+            Ok(first) => first,
+            Err(gone) => return Ok(ReplyBatch::single(gone)),
+        };
+        if first
+            || hold == 0
+            || state.ack.as_deref().is_some_and(AckState::has_unacked)
+            || self.shared.shutting_down.load(Ordering::SeqCst)
+            || !state.outbox.queue.is_empty()
+        {
+            return Ok(self.connect_answer(session, &mut state, message, Ending::Open));
+        }
+        let (attachment, _) = state.outbox.attach(None);
+        session.set_deadline(u64::MAX);
+        Err(PushConnect {
+            broker: self.clone(),
+            session: session.clone(),
+            attachment,
+            message: Box::new(message.clone()),
+            deadline: tokio::time::Instant::now() + Duration::from_millis(hold),
+        })
+    }
+}
+
+impl PushConnect {
+    /// When the hold runs out: [`PushConnect::answer`] it then.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
+    /// Waits until the outbox wakes this connect, and says what to do.
+    pub async fn woken(&self) -> PushWake {
+        match self.session.woken(self.attachment).await {
+            Wake::Superseded => PushWake::Superseded,
+            Wake::Removed | Wake::ShuttingDown => PushWake::Answer,
+            Wake::Deliver => {
+                let mut state = self.session.lock();
+                if state.connect_only || state.ack.is_some() {
+                    return PushWake::Answer;
+                }
+                let mut out = Vec::with_capacity(state.outbox.queue.len());
+                state.outbox.queue.drain_into(&mut out);
+                PushWake::Deliver(out)
+            }
+        }
+    }
+
+    /// Answers the connect: the queued deliveries and the reply, with the advice the
+    /// session's state calls for.
+    pub fn answer(self) -> ReplyBatch {
+        let mut state = self.session.lock();
+        self.broker
+            .release_held(&self.session, &mut state, self.attachment);
+        let ending = if self.broker.is_shutting_down() && state.removed.is_none() {
+            Ending::Drain
+        } else {
+            Ending::after(state.removed)
+        };
+        self.broker
+            .connect_answer(&self.session, &mut state, &self.message, ending)
+    }
+}
+
+impl Drop for PushConnect {
+    fn drop(&mut self) {
+        let mut state = self.session.lock();
+        self.broker
+            .release_held(&self.session, &mut state, self.attachment);
     }
 }

@@ -18,6 +18,8 @@
 //! order is: session state, then the sessions map, then the subscription tree, then the
 //! browser table.
 
+mod batch;
+mod browser;
 mod connect;
 mod extensions;
 mod handshake;
@@ -49,6 +51,7 @@ pub use tree::{Change, SubscriberKey, SubscriptionTree};
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
 use crate::protocol::{BayeuxError, Message, Reply, epoch_ms};
+pub(crate) use connect::{PushConnect, PushWake};
 use session::Session;
 
 const HANDSHAKE: &str = "/meta/handshake";
@@ -321,6 +324,50 @@ impl Broker {
     /// Processes one request's batch. Completes at once unless the batch carries a
     /// `/meta/connect` that is held, or whose reply waits out the delivery interval.
     pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
+        let (session, deleted) = match self.prepare(&mut batch, ctx) {
+            Ok(prepared) => prepared,
+            Err(handshake) => return Outcome::Reply(handshake),
+        };
+        if let Some((session, connect)) = lone_connect(&batch, session.as_ref(), &deleted) {
+            return self.connect(session, connect, ctx).await;
+        }
+        // Boxed: a held connect's future must not carry the batch path's state.
+        let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
+        Outcome::Reply(batch.await)
+    }
+
+    /// Processes one batch that came over a push transport (a WebSocket frame). A
+    /// `/meta/connect` alone is not waited for here: it comes back as a [`PushConnect`]
+    /// for the transport to hold, with the reply to send now (if any) beside it.
+    pub(crate) async fn handle_pushed(
+        &self,
+        mut batch: Vec<Message>,
+        ctx: &RequestContext,
+    ) -> (Option<ReplyBatch>, Option<PushConnect>) {
+        let (session, deleted) = match self.prepare(&mut batch, ctx) {
+            Ok(prepared) => prepared,
+            Err(handshake) => return (Some(handshake), None),
+        };
+        if let Some((session, connect)) = lone_connect(&batch, session.as_ref(), &deleted) {
+            return match self.connect_pushed(session, connect) {
+                Ok(reply) => (Some(reply), None),
+                Err(held) => (None, Some(held)),
+            };
+        }
+        let reply = self
+            .process_batch(&batch, session.as_ref(), ctx, &deleted)
+            .await;
+        (Some(reply), None)
+    }
+
+    /// What every batch goes through first: receipt times for timesync, the handshake
+    /// (answered here: `Err`), the batch's session and the incoming hooks (which messages
+    /// they deleted).
+    fn prepare(
+        &self,
+        batch: &mut Vec<Message>,
+        ctx: &RequestContext,
+    ) -> Result<(Option<Arc<Session>>, Vec<bool>), ReplyBatch> {
         if batch.iter().any(|m| m.ext.is_some()) {
             let now = epoch_ms();
             for message in batch.iter_mut().filter(|m| m.ext.is_some()) {
@@ -334,125 +381,22 @@ impl Broker {
             // A handshake must be alone; anything batched with it has no effect.
             let handshake = &mut batch[at..=at];
             if self.run_incoming(handshake, None).first() == Some(&true) {
-                return Outcome::Reply(ReplyBatch::single(
+                return Err(ReplyBatch::single(
                     Reply::failed(&handshake[0], BayeuxError::MessageDeleted).encode(),
                 ));
             }
-            return Outcome::Reply(self.handshake(&handshake[0], ctx));
+            return Err(self.handshake(&handshake[0], ctx));
         }
         let session = batch
             .first()
             .and_then(|m| m.client_id.as_deref())
             .and_then(|id| self.find_session(id, ctx));
-        let deleted = self.run_incoming(&mut batch, session.as_deref());
+        let deleted = self.run_incoming(batch, session.as_deref());
         // A lone message may be a connect held for the whole timeout: no spare capacity.
         if batch.len() == 1 {
             batch.shrink_to_fit();
         }
-        if let ([message], Some(session), []) = (batch.as_slice(), &session, deleted.as_slice())
-            && message.channel.as_deref() == Some(CONNECT)
-            && message.id_is_valid()
-        {
-            return self.connect(session, message, ctx).await;
-        }
-        // Boxed: a held connect's future must not carry the batch path's state.
-        let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
-        Outcome::Reply(batch.await)
-    }
-
-    /// Every batch except a lone connect that may be held: each message in order, then
-    /// what the session has queued, in front of the replies.
-    async fn process_batch(
-        &self,
-        batch: &[Message],
-        session: Option<&Arc<Session>>,
-        ctx: &RequestContext,
-        deleted: &[bool],
-    ) -> ReplyBatch {
-        let first_is_connect = batch.first().and_then(|m| m.channel.as_deref()) == Some(CONNECT);
-        // Deliveries caused by a non-connect request ride on its own response instead of
-        // waking the held connect (BAYEUX.md 2.1 rule 6).
-        let batching = session.filter(|_| !first_is_connect);
-        if let Some(s) = batching {
-            s.lock().outbox.batching += 1;
-            s.extend_deadline(self.now_ms() + self.shared.config.max_interval);
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut connects = Vec::new();
-        for (i, message) in batch.iter().enumerate() {
-            let reply = if deleted.get(i) == Some(&true) {
-                Some(Reply::failed(message, BayeuxError::MessageDeleted).encode())
-            } else {
-                self.process_message(message, session)
-            };
-            if reply.is_none() {
-                connects.push(i);
-            }
-            replies.push(reply);
-        }
-        let mut messages = Vec::new();
-        if let Some(s) = session {
-            if let Some(s) = batching {
-                s.lock().outbox.batching -= 1;
-            }
-            if connects.is_empty() {
-                let mut state = s.lock();
-                if state.removed.is_none() {
-                    if !(state.connect_only || ctx.connect_only) {
-                        state.outbox.queue.drain_into(&mut messages);
-                    } else {
-                        state.outbox.wake_for_delivery();
-                    }
-                }
-            } else {
-                let connects: Vec<&Message> = connects.iter().map(|&i| &batch[i]).collect();
-                let mut connect_replies = self
-                    .answer_batched_connects(s, &connects, &mut messages)
-                    .await
-                    .into_iter();
-                for reply in replies.iter_mut().filter(|r| r.is_none()) {
-                    *reply = connect_replies.next();
-                }
-            }
-        }
-        messages.extend(replies.into_iter().flatten());
-        ReplyBatch {
-            messages,
-            handshake_succeeded: false,
-        }
-    }
-
-    /// Acts on one message of a batch and returns its reply; `None` for a connect of the
-    /// batch's session, which [`Broker::answer_batched_connects`] answers once the batch
-    /// is done.
-    fn process_message(&self, message: &Message, session: Option<&Arc<Session>>) -> Option<Bytes> {
-        let Some(channel) = message.channel.as_deref() else {
-            return Some(Reply::failed(message, BayeuxError::ChannelMissing).encode());
-        };
-        if !message.id_is_valid() {
-            return Some(Reply::failed(message, BayeuxError::MessageIdInvalid).encode());
-        }
-        // The session comes from the batch's first message; a different clientId later
-        // in the batch is not that session (CometD).
-        let session = session.filter(|s| message.client_id.as_deref() == Some(&*s.client_id));
-        let Some(session) = session else {
-            let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
-            if channel == CONNECT {
-                reply.advice = Some(crate::protocol::Advice::HANDSHAKE);
-            }
-            return Some(reply.encode());
-        };
-        let result = match channel {
-            CONNECT => return self.begin_batched_connect(session, message),
-            SUBSCRIBE => self.subscribe(message, session),
-            UNSUBSCRIBE => self.unsubscribe(message, session),
-            DISCONNECT => {
-                self.remove_session(session, Removal::Disconnected);
-                Ok(())
-            }
-            _ => self.publish_from(message, channel, session),
-        };
-        Some(encode_reply(message, result))
+        Ok((session, deleted))
     }
 
     fn emit(&self, event: SessionEvent<'_>) {
@@ -483,11 +427,20 @@ impl Broker {
     }
 }
 
-/// The encoded reply to `message` for the result of acting on it.
-fn encode_reply(message: &Message, result: Result<(), BayeuxError>) -> Bytes {
-    match result {
-        Ok(()) => Reply::to(message).encode(),
-        Err(error) => Reply::failed(message, error).encode(),
+/// The batch's one message, if it is a `/meta/connect` of a known session that no hook
+/// deleted: the connect that may be held.
+fn lone_connect<'b>(
+    batch: &'b [Message],
+    session: Option<&'b Arc<Session>>,
+    deleted: &[bool],
+) -> Option<(&'b Arc<Session>, &'b Message)> {
+    match (batch, session, deleted) {
+        ([message], Some(session), [])
+            if message.channel.as_deref() == Some(CONNECT) && message.id_is_valid() =>
+        {
+            Some((session, message))
+        }
+        _ => None,
     }
 }
 

@@ -28,6 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::transport::Takeover;
+
 /// The limits one connection is served within.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
@@ -130,11 +132,22 @@ pub(crate) async fn serve(
         let Some(response) = response else {
             return; // the client left; dropping the request released what it held
         };
-        close |= *shutdown.borrow();
+        // A response that takes the connection over (a WebSocket's 101) ends HTTP here.
+        let takeover = response
+            .extensions()
+            .get::<Takeover>()
+            .and_then(Takeover::take);
+        close |= *shutdown.borrow() && takeover.is_none();
         let Some(bytes) = encode_response(response, version, is_head, close).await else {
             return;
         };
-        if stream.write_all(&bytes).await.is_err() || close {
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if let Some(takeover) = takeover {
+            return takeover(stream, buf.freeze(), shutdown).await;
+        }
+        if close {
             let _ = stream.shutdown().await;
             return;
         }
@@ -488,7 +501,8 @@ async fn encode_response<B: HttpBody>(
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         // A HEAD answer keeps the length the GET would have; otherwise we frame the body.
-        let ours = name == header::CONNECTION
+        // A 101's `Connection: upgrade` is the handler's.
+        let ours = (name == header::CONNECTION && status != StatusCode::SWITCHING_PROTOCOLS)
             || name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && !is_head);
         if !ours {

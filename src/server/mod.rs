@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::security::ConfiguredPolicy;
-use crate::transport::{self, CONNECTION_TYPES};
+use crate::transport;
 use crate::{api, demo, engine};
 
 /// Why the server stopped with an error.
@@ -75,7 +75,8 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
         .transpose()?;
     let demo = config.demo;
     let engine = engine::from_config(&config.engine)?;
-    let broker = Broker::with_engine(config, CONNECTION_TYPES, engine);
+    let connection_types = transport::connection_types(&config);
+    let broker = Broker::with_engine(config, &connection_types, engine);
     if let Some(policy) = policy {
         broker.set_policy(policy);
     }

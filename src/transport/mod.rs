@@ -7,8 +7,11 @@
 pub mod callback_polling;
 pub mod cors;
 pub mod long_polling;
+pub mod websocket;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -17,13 +20,65 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
 use crate::broker::{Broker, Outcome, RequestContext};
-use crate::config::{Config, SameSite};
+use crate::config::{Config, SameSite, Transport};
 use crate::protocol::{DecodeError, Message, decode_batch};
 
-/// The transports this build really serves, as advertised in handshake replies.
-/// `websocket` is absent on purpose: clients switch to anything listed.
-pub const CONNECTION_TYPES: &[&str] = &["long-polling", "callback-polling"];
+/// The connection types offered in handshake replies: the enabled transports, in the
+/// order clients should prefer them. Clients switch to anything listed, so only what
+/// is served is listed.
+pub fn connection_types(config: &Config) -> Vec<&'static str> {
+    [
+        Transport::Websocket,
+        Transport::LongPolling,
+        Transport::CallbackPolling,
+    ]
+    .into_iter()
+    .filter(|t| config.transports.contains(t))
+    .map(Transport::connection_type)
+    .collect()
+}
+
+/// What takes a connection over once its response is written: the server hands it
+/// the socket, the bytes it already read past the request, and the shutdown signal.
+pub type TakeoverFn = Box<
+    dyn FnOnce(TcpStream, Bytes, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// A response extension saying that the connection is taken over after this response
+/// (a WebSocket's 101): HTTP ends there. Cloneable because response extensions must be.
+#[derive(Clone)]
+pub struct Takeover(Arc<Mutex<Option<TakeoverFn>>>);
+
+impl Takeover {
+    /// A takeover that runs `serve` with the connection.
+    pub fn new(
+        serve: impl FnOnce(
+            TcpStream,
+            Bytes,
+            watch::Receiver<bool>,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+    ) -> Takeover {
+        Takeover(Arc::new(Mutex::new(Some(Box::new(serve)))))
+    }
+
+    /// The function to run with the connection; `None` once taken.
+    pub fn take(&self) -> Option<TakeoverFn> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Takeover")
+    }
+}
 
 /// Handles every request to the Bayeux path and anything below it (CometD JS appends
 /// `/handshake`, `/connect`… to the URL): POST is long-polling, GET with a `jsonp`
@@ -41,7 +96,7 @@ pub fn endpoint(
     let origin = cors::allowed_origin(&broker.config().allowed_origins, &parts.headers);
     let limit = broker.config().max_body_bytes;
     let allowed = origin.is_some();
-    let decoding = Box::pin(read_batch(parts, body, limit, allowed));
+    let decoding = Box::pin(read_batch(broker.clone(), parts, body, limit, allowed));
     async move {
         let mut response = match decoding.await {
             Ok((batch, version, cookie, callback)) => {
@@ -64,6 +119,7 @@ pub fn endpoint(
 /// Reads the body and decodes the request; the body's bytes are gone when it returns.
 /// A CORS preflight is answered here (`allowed`: its origin may call the endpoint).
 async fn read_batch(
+    broker: Broker,
     parts: Parts,
     body: Body,
     limit: usize,
@@ -72,10 +128,28 @@ async fn read_batch(
     if cors::is_preflight(&parts.method, &parts.headers) {
         return Err(cors::preflight(allowed, &parts.headers));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(body) => decode(parts, &body).map_err(IntoResponse::into_response),
-        Err(error) => Err(body_refused(&error)),
+    if websocket::is_upgrade(&parts.headers) {
+        // Answered with a 101 that takes the socket over, or refused at once so that
+        // clients fall back to long-polling.
+        if !broker.config().transports.contains(&Transport::Websocket) {
+            return Err(TransportError::WebSocketRefused.into_response());
+        }
+        let cookie = browser_cookie(&parts.headers);
+        return Err(websocket::upgrade(&broker, &parts, cookie).into_response());
     }
+    let decoded = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => decode(parts, &body).map_err(IntoResponse::into_response)?,
+        Err(error) => return Err(body_refused(&error)),
+    };
+    let transport = match decoded.3 {
+        Some(_) => Transport::CallbackPolling,
+        None => Transport::LongPolling,
+    };
+    if !broker.config().transports.contains(&transport) {
+        let refused = TransportError::Disabled(transport.connection_type());
+        return Err(refused.into_response());
+    }
+    Ok(decoded)
 }
 
 /// The answer to a body that could not be read: 413 over the limit (the HTTP/1 server
@@ -108,7 +182,6 @@ fn decode(parts: Parts, body: &[u8]) -> Result<Decoded, NotABatch> {
     let query = uri.query().unwrap_or_default().as_bytes();
     let decoded = match method {
         Method::POST => long_polling::decode_post(&headers, body).map(|batch| (batch, None)),
-        Method::GET if is_websocket_upgrade(&headers) => Err(TransportError::WebSocketRefused),
         Method::GET => match callback_polling::callback_param(query) {
             Some(callback) => callback_polling::decode(callback, query)
                 .map(|(callback, batch)| (batch, Some(callback))),
@@ -225,6 +298,9 @@ pub enum TransportError {
     /// fall back to long-polling at once.
     #[error("the websocket transport is not enabled on this server; use long-polling")]
     WebSocketRefused,
+    /// A request of a transport that is not enabled (`--transports`).
+    #[error("the {0} transport is not enabled on this server")]
+    Disabled(&'static str),
     /// A GET with no `message` parameter.
     #[error("a GET request must carry a message parameter")]
     NoMessage,
@@ -335,14 +411,6 @@ pub fn browser_set_cookie(id: &str, config: &Config) -> Option<HeaderValue> {
         "{BROWSER_COOKIE}={id}; Path=/; HttpOnly; SameSite={same_site}{secure}"
     ))
     .ok()
-}
-
-/// Whether a request asks to upgrade to a websocket.
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 #[cfg(test)]

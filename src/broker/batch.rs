@@ -1,0 +1,117 @@
+//! A batch of messages other than a lone connect: each message in order, then what the
+//! session has queued, in front of the replies (BAYEUX.md 2.1).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::session::Session;
+use super::{
+    Broker, CONNECT, DISCONNECT, Removal, ReplyBatch, RequestContext, SUBSCRIBE, UNSUBSCRIBE,
+};
+use crate::protocol::{Advice, BayeuxError, Message, Reply};
+
+impl Broker {
+    /// Every batch except a lone connect that may be held: each message in order, then
+    /// what the session has queued, in front of the replies.
+    pub(super) async fn process_batch(
+        &self,
+        batch: &[Message],
+        session: Option<&Arc<Session>>,
+        ctx: &RequestContext,
+        deleted: &[bool],
+    ) -> ReplyBatch {
+        let first_is_connect = batch.first().and_then(|m| m.channel.as_deref()) == Some(CONNECT);
+        // Deliveries caused by a non-connect request ride on its own response instead of
+        // waking the held connect (BAYEUX.md 2.1 rule 6).
+        let batching = session.filter(|_| !first_is_connect);
+        if let Some(s) = batching {
+            s.lock().outbox.batching += 1;
+            s.extend_deadline(self.now_ms() + self.shared.config.max_interval);
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut connects = Vec::new();
+        for (i, message) in batch.iter().enumerate() {
+            let reply = if deleted.get(i) == Some(&true) {
+                Some(Reply::failed(message, BayeuxError::MessageDeleted).encode())
+            } else {
+                self.process_message(message, session)
+            };
+            if reply.is_none() {
+                connects.push(i);
+            }
+            replies.push(reply);
+        }
+        let mut messages = Vec::new();
+        if let Some(s) = session {
+            if let Some(s) = batching {
+                s.lock().outbox.batching -= 1;
+            }
+            if connects.is_empty() {
+                let mut state = s.lock();
+                if state.removed.is_none() {
+                    if !(state.connect_only || ctx.connect_only) {
+                        state.outbox.queue.drain_into(&mut messages);
+                    } else {
+                        state.outbox.wake_for_delivery();
+                    }
+                }
+            } else {
+                let connects: Vec<&Message> = connects.iter().map(|&i| &batch[i]).collect();
+                let mut connect_replies = self
+                    .answer_batched_connects(s, &connects, &mut messages)
+                    .await
+                    .into_iter();
+                for reply in replies.iter_mut().filter(|r| r.is_none()) {
+                    *reply = connect_replies.next();
+                }
+            }
+        }
+        messages.extend(replies.into_iter().flatten());
+        ReplyBatch {
+            messages,
+            handshake_succeeded: false,
+        }
+    }
+
+    /// Acts on one message of a batch and returns its reply; `None` for a connect of the
+    /// batch's session, which [`Broker::answer_batched_connects`] answers once the batch
+    /// is done.
+    fn process_message(&self, message: &Message, session: Option<&Arc<Session>>) -> Option<Bytes> {
+        let Some(channel) = message.channel.as_deref() else {
+            return Some(Reply::failed(message, BayeuxError::ChannelMissing).encode());
+        };
+        if !message.id_is_valid() {
+            return Some(Reply::failed(message, BayeuxError::MessageIdInvalid).encode());
+        }
+        // The session comes from the batch's first message; a different clientId later
+        // in the batch is not that session (CometD).
+        let session = session.filter(|s| message.client_id.as_deref() == Some(&*s.client_id));
+        let Some(session) = session else {
+            let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
+            if channel == CONNECT {
+                reply.advice = Some(Advice::HANDSHAKE);
+            }
+            return Some(reply.encode());
+        };
+        let result = match channel {
+            CONNECT => return self.begin_batched_connect(session, message),
+            SUBSCRIBE => self.subscribe(message, session),
+            UNSUBSCRIBE => self.unsubscribe(message, session),
+            DISCONNECT => {
+                self.remove_session(session, Removal::Disconnected);
+                Ok(())
+            }
+            _ => self.publish_from(message, channel, session),
+        };
+        Some(encode_reply(message, result))
+    }
+}
+
+/// The encoded reply to `message` for the result of acting on it.
+fn encode_reply(message: &Message, result: Result<(), BayeuxError>) -> Bytes {
+    match result {
+        Ok(()) => Reply::to(message).encode(),
+        Err(error) => Reply::failed(message, error).encode(),
+    }
+}
