@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::transport::Takeover;
+use crate::transport::{Takeover, TakeoverFn};
 
 /// The limits one connection is served within.
 #[derive(Clone, Debug)]
@@ -132,26 +132,55 @@ pub(crate) async fn serve(
         let Some(response) = response else {
             return; // the client left; dropping the request released what it held
         };
-        // A response that takes the connection over (a WebSocket's 101) ends HTTP here.
-        let takeover = response
-            .extensions()
-            .get::<Takeover>()
-            .and_then(Takeover::take);
-        close |= *shutdown.borrow() && takeover.is_none();
-        let Some(bytes) = encode_response(response, version, is_head, close).await else {
-            return;
-        };
-        if stream.write_all(&bytes).await.is_err() {
-            return;
-        }
-        if let Some(takeover) = takeover {
-            return takeover(stream, buf.freeze(), shutdown).await;
-        }
-        if close {
-            let _ = stream.shutdown().await;
-            return;
+        close |= *shutdown.borrow();
+        // Boxed: writing is brief, and its state must not grow every parked connection.
+        let written = Box::pin(write_answer(&mut stream, response, version, is_head, close));
+        match written.await {
+            Written::KeepAlive => {}
+            Written::Closed => return,
+            Written::TakenOver(takeover) => return takeover(stream, buf.freeze(), shutdown).await,
         }
     }
+}
+
+/// What happened to the connection once an answer was written.
+enum Written {
+    /// It serves the next request.
+    KeepAlive,
+    /// It is closed (asked for, or the write failed).
+    Closed,
+    /// The answer handed the connection over (a WebSocket's 101): HTTP ends here.
+    TakenOver(TakeoverFn),
+}
+
+/// Writes `response`; closes the connection after it when `close` is set, unless the
+/// response takes the connection over.
+async fn write_answer<B: HttpBody>(
+    stream: &mut TcpStream,
+    response: Response<B>,
+    version: Version,
+    is_head: bool,
+    close: bool,
+) -> Written {
+    let takeover = response
+        .extensions()
+        .get::<Takeover>()
+        .and_then(Takeover::take);
+    let close = close && takeover.is_none();
+    let Some(bytes) = encode_response(response, version, is_head, close).await else {
+        return Written::Closed;
+    };
+    if stream.write_all(&bytes).await.is_err() {
+        return Written::Closed;
+    }
+    if let Some(takeover) = takeover {
+        return Written::TakenOver(takeover);
+    }
+    if close {
+        let _ = stream.shutdown().await;
+        return Written::Closed;
+    }
+    Written::KeepAlive
 }
 
 /// Reads the next request, and whether the connection closes after it. `None`: the
