@@ -137,6 +137,8 @@ impl WsClient {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if self.ws.is_none() && self.open().await.is_err() {
             self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+            // Nothing is in flight on a socket that never opened.
+            self.close();
             return Err(Failure::Io);
         }
         let Some(ws) = self.ws.as_mut() else {
@@ -447,7 +449,10 @@ impl WsClient {
                 }
                 continue;
             }
-            if self.connect.is_none() && self.send_connect(false).await.is_err() {
+            // No socket (it could not be reopened): wait before trying again, rather than spin.
+            if (self.connect.is_none() && self.send_connect(false).await.is_err())
+                || self.ws.is_none()
+            {
                 in_flight = None;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {},
