@@ -7,15 +7,18 @@ import statistics
 import sys
 from collections import OrderedDict
 
-HALLEYS = ["halley", "halley-di50"]
-PEERS = ["faye", "cometd"]
+HALLEYS = ["halley", "halley-di50", "halley-ws"]
+PEERS = ["faye", "cometd", "faye-ws"]
 NAMES = {
     "halley": "Halley",
     "halley-di50": "Halley `--delivery-interval 50`",
+    "halley-ws": "Halley over WebSocket",
     "faye": "Faye 1.4.3",
     "cometd": "cometd-nodejs-server 1.2.1",
+    "faye-ws": "Faye 1.4.3 over WebSocket",
 }
-RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer"}
+RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer",
+               "halley-ws": "Halley WS ÷ Faye WS"}
 
 # (label, path, better): better is "hi", "lo" or None (no ratio)
 METRICS = {
@@ -110,19 +113,28 @@ def main():
     out.append("")
     for case, by_server in cases.items():
         workload = case.split()[0]
+        # A server without the transport (e.g. WebSocket refused) gets a note, not a column.
+        unavailable = {s: rs[0]["unavailable"] for s, rs in by_server.items()
+                       if rs and all("unavailable" in r for r in rs)}
+        by_server = {s: rs for s, rs in by_server.items() if s not in unavailable}
         servers = [s for s in HALLEYS + PEERS if s in by_server]
         halleys = [s for s in HALLEYS if s in by_server]
-        reps = max(len(v) for v in by_server.values())
-        out.append(f"## {case}  ({reps} run{'s' if reps > 1 else ''})")
+        reps = max((len(v) for v in by_server.values()), default=0)
+        out.append(f"## {case}  ({reps} run{'s' if reps != 1 else ''})")
         out.append("")
-        out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | "
-                   + " | ".join(RATIO_NAMES[h] for h in halleys) + " |")
+        for s, reason in unavailable.items():
+            out.append(f"{NAMES.get(s, s)}: **unavailable** ({reason}).")
+            out.append("")
+        if not servers:
+            continue
+        out.append("| " + " | ".join(["figure"] + [NAMES[s] for s in servers]
+                                        + [RATIO_NAMES[h] for h in halleys]) + " |")
         out.append("|---|" + "---:|" * (len(servers) + len(halleys)))
         for label, path, better in METRICS.get(workload, []):
             if path is None:
                 vals = {s: f"{median([r.get('left') for r in by_server[s]])} / "
                            f"{median([r.get('vanished') for r in by_server[s]])}" for s in servers}
-                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers) + " |" * (len(halleys) + 1))
+                out.append("| " + " | ".join([label] + [vals[s] for s in servers] + [""] * len(halleys)) + " |")
                 continue
             if path == "error_total" or path in ("lost", "duplicated", "out_of_order"):
                 vals = {s: max((get(r, path) or 0) for r in by_server[s]) for s in servers}
@@ -134,9 +146,11 @@ def main():
                 best = max(peer_vals) if better == "hi" else min(peer_vals)
             ratios = [f"{vals[h] / best:.2f}×" if best and vals[h] is not None else ""
                       for h in halleys]
-            out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | "
-                       + " | ".join(ratios) + " |")
+            out.append("| " + " | ".join([label] + [fmt(vals[s]) for s in servers] + ratios) + " |")
         out.append("")
+    out.append("Rows marked *(websocket)* run the same workload with the load generator's clients on "
+               "WebSocket (one socket per client, deliveries pushed as frames); only Faye of the peers "
+               "has WebSocket.")
     out.append("Counts of lost, duplicated, out-of-order and errors are the worst run, not the median.")
     out.append("")
     print("\n".join(out))

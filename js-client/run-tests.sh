@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds halley-client and runs its whole suite: the core suite against Halley, Faye 1.4.3 and
-# cometd-nodejs-server 1.2.1, the Halley- and ack-specific tests, and the browser build in headless Chromium.
+# cometd-nodejs-server 1.2.1, the Halley- and ack-specific tests, the browser build in headless Chromium, and the
+# WebSocket transport (against Faye over WebSocket, and its fallbacks).
 # Works from any directory. Binary: $HALLEY_BIN or <repo>/target/release/halley; browser: $CHROMIUM_BIN or
 # /usr/bin/chromium. Exits non-zero on any failure (including a browser bundle over its size budget).
 set -euo pipefail
@@ -34,6 +35,12 @@ fi
 npm run --silent build
 
 # Every test bounds its own waits; --test-timeout is the backstop for a hung test, `timeout` for the run.
-exec timeout --kill-after=10 240 \
+timeout --kill-after=10 240 \
     node --test --test-concurrency=1 --test-timeout=60000 --test-force-exit \
     test/unit.test.mjs test/halley.test.mjs test/faye.test.mjs test/cometd.test.mjs test/browser.test.mjs
+# The WebSocket suite needs Node's WHATWG WebSocket: a flag on Node 20, built in from Node 22.
+ws_flag=()
+node -e 'process.exit(typeof WebSocket == "function" ? 0 : 1)' || ws_flag=(--experimental-websocket)
+exec timeout --kill-after=10 120 \
+    node "${ws_flag[@]}" --no-warnings=ExperimentalWarning --test --test-concurrency=1 --test-timeout=60000 \
+    --test-force-exit test/websocket.test.mjs

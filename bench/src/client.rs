@@ -458,7 +458,7 @@ pub fn source_ip(i: usize, per_ip: usize) -> Ipv4Addr {
 /// free of every socket, those in TIME_WAIT included, so right after a run of 10,000
 /// clients the next run's connects stalled for seconds (slow set-up, and latency spikes
 /// in whichever workload came next); at connect time loopback TIME_WAIT tuples are reused.
-fn bind_port_at_connect(socket: &TcpSocket) {
+pub(crate) fn bind_port_at_connect(socket: &TcpSocket) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

@@ -1,15 +1,20 @@
-//! `loadgen`: a Bayeux long-polling load generator. Each simulated client is a real
-//! long-polling client with its own TCP connection and cookie jar; every workload prints
-//! one JSON line of results on stdout. See bench/README.md.
+//! `loadgen`: a Bayeux load generator. Each simulated client is a real long-polling client
+//! with its own TCP connection and cookie jar, or (`--transport websocket`) a WebSocket
+//! client with its own socket; every workload prints one JSON line of results on stdout.
+//! See bench/README.md.
 
 mod client;
 mod common;
 mod workloads;
+mod ws;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Bayeux long-polling load generator")]
+#[command(
+    name = "loadgen",
+    about = "Bayeux load generator (long-polling or WebSocket)"
+)]
 struct Cli {
     #[command(subcommand)]
     workload: Workload,
@@ -36,6 +41,27 @@ pub struct Common {
     /// A label copied into the JSON line (e.g. the server's name)
     #[arg(long, default_value = "")]
     pub label: String,
+    /// How the clients talk to the server
+    #[arg(long, value_enum, default_value_t = Transport::LongPolling)]
+    pub transport: Transport,
+}
+
+/// The Bayeux connection type the simulated clients use.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// An HTTP POST per batch, `/meta/connect` held (fanout, rooms, idle, churn)
+    LongPolling,
+    /// One socket per client, deliveries pushed as frames (fanout, rooms, idle)
+    Websocket,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::LongPolling => "long-polling",
+            Transport::Websocket => "websocket",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -60,7 +86,29 @@ fn main() {
         .build()
         .expect("tokio runtime");
     common::now_us();
+    let (name, opts) = match &cli.workload {
+        Workload::Fanout(a) => ("fanout", a.common.clone()),
+        Workload::Rooms(a) => ("rooms", a.common.clone()),
+        Workload::Idle(a) => ("idle", a.common.clone()),
+        Workload::Churn(a) => ("churn", a.common.clone()),
+    };
+    let transport = opts.transport;
     let result = runtime.block_on(async move {
+        if opts.transport == Transport::Websocket {
+            // A server without WebSocket gets one clear line instead of N failed clients.
+            let unavailable = if name == "churn" {
+                Err("churn runs over long-polling only".to_string())
+            } else {
+                ws::probe(common::shared_target(&opts.url)).await
+            };
+            if let Err(reason) = unavailable {
+                return serde_json::json!({
+                    "workload": name,
+                    "label": opts.label,
+                    "unavailable": reason,
+                });
+            }
+        }
         match cli.workload {
             Workload::Fanout(args) => workloads::fanout(args).await,
             Workload::Rooms(args) => workloads::rooms(args).await,
@@ -68,6 +116,10 @@ fn main() {
             Workload::Churn(args) => workloads::churn(args).await,
         }
     });
+    let mut result = result;
+    if let Some(fields) = result.as_object_mut() {
+        fields.insert("transport".into(), transport.name().into());
+    }
     println!("{result}");
     // Do not wait for lingering client tasks.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -8,12 +8,13 @@ use clap::Args;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::Common;
 use crate::client::{Client, Counters, source_ip};
 use crate::common::{
     Probe, Rng, Seen, now_us, parse_payload, payload, percentiles, poll, round3, shared_target,
     wait_for,
 };
+use crate::ws::{Publishes, WsClient};
+use crate::{Common, Transport};
 
 fn probe(common: &Common) -> Probe {
     Probe {
@@ -37,7 +38,7 @@ fn kib(bytes: Option<u64>) -> Value {
 #[derive(Args, Debug)]
 pub struct FanoutArgs {
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
     /// Subscribers on the channel
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -100,6 +101,13 @@ pub async fn fanout(args: FanoutArgs) -> Value {
         );
         let mut stop = stop_rx.clone();
         let channels = vec![channel.clone()];
+        let ws = (args.common.transport == Transport::Websocket).then(|| {
+            WsClient::new(
+                target.clone(),
+                source_ip(i, args.common.per_ip),
+                counters.clone(),
+            )
+        });
         tasks.push(tokio::spawn(async move {
             let mut st = SubStats {
                 unique: 0,
@@ -125,6 +133,20 @@ pub async fn fanout(args: FanoutArgs) -> Value {
                 st.latencies
                     .push(now.saturating_sub(p.t).min(u32::MAX as u64) as u32);
             };
+            if let Some(mut client) = ws {
+                {
+                    let _permit = gate.acquire().await;
+                    if !client.join(&channels, 20, &mut on_delivery).await {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return st;
+                    }
+                }
+                ready.fetch_add(1, Ordering::Relaxed);
+                client
+                    .run(&channels, &mut stop, &mut on_delivery, None)
+                    .await;
+                return st;
+            }
             {
                 let _permit = gate.acquire().await;
                 let mut ok = client.join(&channels, 20).await;
@@ -154,16 +176,25 @@ pub async fn fanout(args: FanoutArgs) -> Value {
     let subscribed = ready.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await; // let the connects park
 
-    // The publisher: its own session, polling on a second connection like any client.
+    // The publisher: its own session, polling on a second connection like any client
+    // (over WebSocket: one socket, its connect kept in flight between publishes).
     let mut publisher = Client::new(target.clone(), source_ip(0, 1), counters.clone());
-    publisher.join(&[], 20).await;
-    let mut poller = publisher.sibling();
-    let mut pstop = stop_rx.clone();
-    let poller_task = tokio::spawn(async move {
-        if poller.connect(true).await.is_ok() {
-            poll(&mut poller, &[], &mut pstop, &mut |_, _| {}).await;
-        }
-    });
+    let mut ws_publisher = None;
+    let mut poller_task = None;
+    if args.common.transport == Transport::Websocket {
+        let mut p = WsClient::new(target.clone(), source_ip(0, 1), counters.clone());
+        p.join(&[], 20, &mut |_, _| {}).await;
+        ws_publisher = Some(p);
+    } else {
+        publisher.join(&[], 20).await;
+        let mut poller = publisher.sibling();
+        let mut pstop = stop_rx.clone();
+        poller_task = Some(tokio::spawn(async move {
+            if poller.connect(true).await.is_ok() {
+                poll(&mut poller, &[], &mut pstop, &mut |_, _| {}).await;
+            }
+        }));
+    }
 
     let s = subscribed.max(1) as u64;
     let start = Instant::now();
@@ -210,7 +241,10 @@ pub async fn fanout(args: FanoutArgs) -> Value {
             .map(|k| (channel.clone(), payload(seq + k, t, args.size)))
             .collect();
         seq += count;
-        let n = publisher.publish(&batch, &mut |_, _| {}).await as u64;
+        let n = match ws_publisher.as_mut() {
+            Some(p) => p.publish(&batch, &mut |_, _| {}).await,
+            None => publisher.publish(&batch, &mut |_, _| {}).await,
+        } as u64;
         acked += n;
         acked_total.fetch_add(n, Ordering::Relaxed);
     }
@@ -240,7 +274,9 @@ pub async fn fanout(args: FanoutArgs) -> Value {
             latencies.extend(st.latencies);
         }
     }
-    let _ = poller_task.await;
+    if let Some(task) = poller_task {
+        let _ = task.await;
+    }
     let secs = (t1 - t0).as_secs_f64().max(1e-9);
     json!({
         "workload": "fanout",
@@ -273,7 +309,7 @@ pub async fn fanout(args: FanoutArgs) -> Value {
 #[derive(Args, Debug)]
 pub struct RoomsArgs {
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
     #[arg(long, default_value_t = 1000)]
     clients: usize,
     #[arg(long, default_value_t = 100)]
@@ -368,6 +404,13 @@ pub async fn rooms(args: RoomsArgs) -> Value {
         );
         let mut stop = stop_rx.clone();
         let pstop = stop_rx.clone();
+        let ws = (args.common.transport == Transport::Websocket).then(|| {
+            WsClient::new(
+                target.clone(),
+                source_ip(i, args.common.per_ip),
+                counters.clone(),
+            )
+        });
         tasks.push(tokio::spawn(async move {
             // Shared with the publishing connection: a server may deliver on the reply to
             // any request of the session (CometD does, and so does Halley), so deliveries
@@ -380,6 +423,28 @@ pub async fn rooms(args: RoomsArgs) -> Value {
                     receipts.record(data);
                 }
             };
+            if let Some(mut client) = ws {
+                // One socket: publishes go out on it while the connect is held.
+                {
+                    let _permit = gate.acquire().await;
+                    if !client.join(&channels, 20, &mut on_delivery).await {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return Receipts::default();
+                    }
+                }
+                ready.fetch_add(1, Ordering::Relaxed);
+                let publishes = Publishes {
+                    queue: &mut rx,
+                    acked: &acked,
+                };
+                client
+                    .run(&channels, &mut stop, &mut on_delivery, Some(publishes))
+                    .await;
+                return mine
+                    .lock()
+                    .map(|mut receipts| std::mem::take(&mut *receipts))
+                    .unwrap_or_default();
+            }
             {
                 let _permit = gate.acquire().await;
                 let mut ok = client.join(&channels, 20).await;
@@ -530,7 +595,7 @@ pub async fn rooms(args: RoomsArgs) -> Value {
 #[derive(Args, Debug)]
 pub struct IdleArgs {
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
     /// Channels the clients spread over
@@ -565,7 +630,26 @@ pub async fn idle(args: IdleArgs, nofile: u64) -> Value {
         let channels = vec![format!("/bench/idle/{}", i % args.channels.max(1))];
         let (ready, failed, gate) = (ready.clone(), failed.clone(), gate.clone());
         let mut stop = stop_rx.clone();
+        let ws = (args.common.transport == Transport::Websocket).then(|| {
+            WsClient::new(
+                target.clone(),
+                source_ip(i, args.common.per_ip),
+                counters.clone(),
+            )
+        });
         tasks.push(tokio::spawn(async move {
+            if let Some(mut client) = ws {
+                {
+                    let _permit = gate.acquire().await;
+                    if !client.join(&channels, 5, &mut |_, _| {}).await {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                ready.fetch_add(1, Ordering::Relaxed);
+                client.run(&channels, &mut stop, &mut |_, _| {}, None).await;
+                return;
+            }
             {
                 let _permit = gate.acquire().await;
                 let ok = client.join(&channels, 5).await
@@ -638,7 +722,7 @@ pub async fn idle(args: IdleArgs, nofile: u64) -> Value {
 #[derive(Args, Debug)]
 pub struct ChurnArgs {
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
     /// New clients per second
     #[arg(long, default_value_t = 100.0)]
     rate: f64,

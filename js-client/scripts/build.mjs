@@ -9,7 +9,7 @@ import {gzipSync} from "node:zlib";
 import {build} from "esbuild";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const BUDGET = 5 * 1024; // bytes, minified + gzipped
+const BUDGET = 6 * 1024; // bytes, minified + gzipped
 const BUNDLE = path.join(ROOT, "dist", "halley-client.min.js");
 
 rmSync(path.join(ROOT, "dist"), {recursive: true, force: true});

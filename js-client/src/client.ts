@@ -1,6 +1,6 @@
 import { patternsFor } from './channel.js';
 import { BayeuxError } from './error.js';
-import { callbackPolling, longPolling, type Transport } from './transport.js';
+import { callbackPolling, isReply, longPolling, webSocket, type Deliver, type Transport } from './transport.js';
 import type { Advice, ClientEvent, ClientOptions, Listener, Message, State, Subscription } from './types.js';
 
 interface Entry {
@@ -19,7 +19,8 @@ interface Sub {
 
 const noop = () => {};
 const isMeta = (channel: string) => channel.startsWith('/meta/');
-const FACTORIES: Record<string, (url: string, o: ClientOptions) => Transport | undefined> = {
+const FACTORIES: Record<string, (url: string, o: ClientOptions, deliver: Deliver) => Transport | undefined> = {
+  websocket: webSocket,
   'long-polling': longPolling,
   'callback-polling': callbackPolling,
 };
@@ -55,8 +56,8 @@ export class Client {
   /** Creates a client for the Bayeux endpoint `url`; nothing is sent before `connect()`, `subscribe()` or `publish()`. */
   constructor(readonly url: string, options: ClientOptions = {}) {
     this.o = { ack: true, maxNetworkDelay: 10000, backoff: 1000, maxBackoff: 30000, ...options };
-    this.transports = (this.o.transports ?? ['long-polling', 'callback-polling'])
-      .map(name => FACTORIES[name]?.(url, this.o))
+    this.transports = (this.o.transports ?? ['websocket', 'long-polling', 'callback-polling'])
+      .map(name => FACTORIES[name]?.(url, this.o, this.receive))
       .filter((t): t is Transport => !!t);
     if (!this.transports.length) throw new Error('no usable transport');
   }
@@ -112,12 +113,14 @@ export class Client {
   async disconnect(): Promise<void> {
     const { clientId, transport } = this;
     const batch = this.outbox.splice(0);
-    this.stop();
+    // The socket stays open for the /meta/disconnect.
+    this.stop(undefined, true);
     this.subs.forEach(s => s.ko(new Error('disconnected')));
     this.subs.clear();
     if (clientId && transport) {
       batch.push({ m: { id: this.nextId(), channel: '/meta/disconnect' }, ok: noop, ko: noop });
       await this.send(batch, clientId, transport);
+      transport.close?.();
     } else batch.forEach(e => e.ko(new Error('disconnected')));
   }
 
@@ -134,7 +137,8 @@ export class Client {
   }
 
   /** Terminal stop: no more handshakes or connects until `connect()` is called again. */
-  private stop(err?: Error) {
+  private stop(err?: Error, keep?: boolean) {
+    if (!keep) this.transports.forEach(t => t.close?.());
     this.epoch++;
     this.started = false;
     this.clientId = undefined;
@@ -169,12 +173,14 @@ export class Client {
   private async exchange(t: Transport, messages: Message[], timeout: number, signal?: AbortSignal) {
     const replies = new Map<string, Message>();
     for (const m of await t.send(messages, timeout, signal)) {
-      if (m.id != null && (isMeta(m.channel) || !('data' in m))) replies.set(String(m.id), m);
-      else if (m.channel == '/meta/disconnect') this.stop();
-      else this.dispatch(m);
+      if (isReply(m)) replies.set(String(m.id), m);
+      else this.receive(m);
     }
     return replies;
   }
+
+  /** A message that is not a reply: a delivery, or the server ending the session. */
+  private receive = (m: Message) => (m.channel == '/meta/disconnect' && m.id == null ? this.stop() : this.dispatch(m));
 
   private dispatch(m: Message) {
     for (const pattern of patternsFor(m.channel)) {
@@ -194,11 +200,14 @@ export class Client {
     const epoch = ++this.epoch;
     this.clientId = undefined;
     this.poller?.abort();
+    // A new session gets a new socket: the old session may live on in the server and push to the old one.
+    this.transport?.close?.();
     if (delay) await this.sleep(delay);
     if (epoch != this.epoch) return;
     const ts = this.transports;
-    const i = this.failures % ts.length;
-    const t = ts[i];
+    // Sticky WebSocket: once it has worked, failures retry it rather than rotating to the next transport.
+    const t = ts.find(t => t.ok) ?? ts[this.failures % ts.length];
+    const i = ts.indexOf(t);
     const o = this.o;
     const m: Message = {
       id: this.nextId(),
@@ -218,6 +227,12 @@ export class Client {
       this.failed(e as Error);
       // A refusal's advice decides; a network failure retries (on the next transport).
       if (reply?.advice?.reconnect == 'none') return this.stop(e as Error);
+      // A WebSocket that never carried a frame (upgrade refused, or a proxy that passes nothing): fall back now, for good.
+      if (t.ok === false && ts.length > 1) {
+        t.close!();
+        this.transports = ts.filter(x => x != t);
+        return this.handshake(0);
+      }
       return this.handshake(this.backoff());
     }
     if (epoch != this.epoch) return;
@@ -225,6 +240,11 @@ export class Client {
     const common = reply.supportedConnectionTypes as string[] | undefined;
     const transport = [...ts.slice(i), ...ts.slice(0, i)].find(t => !common || common.includes(t.name));
     if (!transport) return this.stop(new BayeuxError(reply, 'no common transport'));
+    if (transport != t && t.close) {
+      // The server does not offer WebSocket: forget it, as after a failed upgrade.
+      t.close();
+      this.transports = ts.filter(x => x != t);
+    }
     this.transport = transport;
     this.advice = { reconnect: 'retry', interval: 0, timeout: 60000, ...reply.advice };
     this.clientId = reply.clientId as string;
@@ -283,7 +303,8 @@ export class Client {
         this.connected.resolve();
       } else this.failed(new BayeuxError(reply));
       if (a.reconnect == 'none') return this.stop(reply.successful ? undefined : new BayeuxError(reply));
-      if (a.reconnect == 'handshake') return this.handshake(a.interval!);
+      // A 402 (session unknown, e.g. the server restarted) needs a new session, advice or not.
+      if (a.reconnect == 'handshake' || parseInt(reply.error!) == 402) return this.handshake(a.interval!);
       await this.sleep(a.interval! + (reply.successful ? 0 : this.backoff()));
     }
   }

@@ -6,7 +6,17 @@ export interface Transport {
   readonly name: string;
   /** Sends `messages`; rejects on network failure, a non-200 status, an unparsable body or after `timeout` ms. */
   send(messages: Message[], timeout: number, signal?: AbortSignal): Promise<Message[]>;
+  /** Closes a transport's connection, if it keeps one; a later `send` opens a new one. */
+  close?(): void;
+  /** WebSocket only: whether a frame ever arrived; until then a failure means "unsupported here" (fall back). */
+  ok?: boolean;
 }
+
+/** Receives the messages a transport gets outside of replies (WebSocket deliveries). */
+export type Deliver = (m: Message) => void;
+
+/** Which messages answer a request (a reply), rather than deliver data to listeners. */
+export const isReply = (m: Message) => m.id != null && (m.channel.startsWith('/meta/') || !('data' in m));
 
 function asReplies(body: unknown): Message[] {
   if (!Array.isArray(body)) throw new Error('bad response');
@@ -96,4 +106,66 @@ export function callbackPolling(url: string): Transport | undefined {
       return replies;
     },
   };
+}
+
+/**
+ * WebSocket, as CometD does it: one socket at the Bayeux URL (http -> ws), one JSON array per text frame. Replies
+ * are matched to requests by `id`; everything else (deliveries pushed while a connect is held) goes to `deliver`.
+ * A request that outlives its timeout closes the socket (the watchdog); the next `send` opens a new one.
+ */
+export function webSocket(url: string, o: ClientOptions, deliver: Deliver): Transport | undefined {
+  const WS: typeof WebSocket | undefined = o.WebSocket ?? globalThis.WebSocket;
+  if (!WS) return;
+  let socket: Promise<WebSocket> | undefined;
+  let current: WebSocket | undefined;
+  const pending = new Map<string, (m: Message) => void>();
+  // Every request in flight fails when its socket goes away.
+  const fails = new Set<(e: Error) => void>();
+  const lost = (ws: WebSocket) => {
+    if (ws != current) return;
+    current = socket = undefined;
+    ws.onclose = ws.onerror = ws.onmessage = null;
+    ws.close(1000);
+    fails.forEach(f => f(new Error('websocket closed')));
+  };
+  const open = () =>
+    (socket ??= new Promise((resolve, reject) => {
+      const ws = (current = new WS(url.replace(/^http/, 'ws')));
+      ws.onopen = () => resolve(ws);
+      ws.onclose = ws.onerror = () => (reject(new Error('websocket failed')), lost(ws));
+      ws.onmessage = e => {
+        let ms: Message[];
+        try {
+          ms = asReplies(JSON.parse(e.data));
+        } catch {
+          return lost(ws);
+        }
+        t.ok = true;
+        for (const m of ms) (isReply(m) && pending.get(String(m.id)) || deliver)(m);
+      };
+    }));
+  const t: Transport = {
+    name: 'websocket',
+    ok: false,
+    close: () => current && lost(current),
+    send: (messages, timeout, signal) =>
+      new Promise((resolve, reject) => {
+        const replies: Message[] = [];
+        let left = messages.length;
+        const done = (err?: Error) => {
+          if (!fails.delete(done)) return;
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', abort);
+          messages.forEach(m => pending.delete(m.id!));
+          err ? reject(err) : resolve(replies);
+        };
+        const abort = () => done(new Error('aborted'));
+        const timer = setTimeout(() => (done(new Error('websocket timeout')), t.close!()), timeout);
+        fails.add(done);
+        signal?.addEventListener('abort', abort);
+        for (const m of messages) pending.set(m.id!, r => (replies.push(r), pending.delete(m.id!), --left || done()));
+        open().then(ws => fails.has(done) && ws.send(JSON.stringify(messages)), done);
+      }),
+  };
+  return t;
 }

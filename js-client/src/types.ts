@@ -42,7 +42,7 @@ export interface Subscription {
 
 /** Options of `new Client(url, options)`. */
 export interface ClientOptions {
-  /** Transport preference, best first. Default `['long-polling', 'callback-polling']`. */
+  /** Transport preference, best first. Default `['websocket', 'long-polling', 'callback-polling']`. */
   transports?: string[];
   /** `fetch` credentials mode for long-polling. Default `'include'` (as CometD, for the BAYEUX_BROWSER cookie). */
   credentials?: 'omit' | 'same-origin' | 'include';
@@ -58,6 +58,8 @@ export interface ClientOptions {
   backoff?: number;
   /** Upper bound of the back-off delay, ms. Default 30000. */
   maxBackoff?: number;
+  /** WebSocket constructor for environments without a global one (e.g. Node 20: the `ws` package). */
+  WebSocket?: typeof WebSocket;
   /** `fetch` implementation to use. Default `globalThis.fetch`. */
   fetch?: typeof fetch;
 }

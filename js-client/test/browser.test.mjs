@@ -1,11 +1,13 @@
 // The browser build in headless Chromium (Debian's /usr/bin/chromium, or $CHROMIUM_BIN, driven by
 // playwright-core): a page on one origin loads dist/halley-client.min.js with a <script> tag and talks to Halley
-// on another origin, over callback-polling (script tags), and with the default preference (CORS long-polling).
+// on another origin, over callback-polling (script tags), and with the default preference (WebSocket first, which
+// Halley refuses today, then CORS long-polling); and the same page over WebSocket to Faye 1.4.3.
 import assert from "node:assert/strict";
+import {createRequire} from "node:module";
 import {after, before, describe, test} from "node:test";
 import {chromium} from "playwright-core";
 import {startPageServer} from "./lib/pageserver.mjs";
-import {startHalley} from "./lib/servers.mjs";
+import {startFaye, startHalley} from "./lib/servers.mjs";
 import {clientFactory, inbox, until, WAIT_MS} from "./lib/util.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
@@ -30,23 +32,25 @@ describe("browser build in chromium", () => {
     });
 
     /** Opens the page and records the requests it makes to the broker. */
-    async function openPage() {
+    async function openPage(server = broker) {
         const context = await browser.newContext();
         context.setDefaultTimeout(WAIT_MS);
         const page = await context.newPage();
         const log = [];
         const requests = [];
+        const sockets = [];
+        page.on("websocket", ws => sockets.push(ws.url()));
         page.on("console", m => log.push(`[${m.type()}] ${m.text()}`));
         page.on("pageerror", e => log.push(`[pageerror] ${e}`));
         page.on("request", r => {
-            if (r.url().startsWith(broker.url)) requests.push({method: r.method(), url: r.url(), type: r.resourceType()});
+            if (r.url().startsWith(server.url)) requests.push({method: r.method(), url: r.url(), type: r.resourceType()});
         });
         await page.goto(pages.origin + "/");
-        return {context, page, log, requests};
+        return {context, page, log, requests, sockets};
     }
 
     /** In the page: connect, subscribe to /browser/**, publish, and expose what arrived on window.got. */
-    async function roundTrip(page, options) {
+    async function roundTrip(page, options, url = broker.url) {
         return page.evaluate(async ({url, options}) => {
             const c = (window.client = new Halley.Client(url, options));
             window.got = [];
@@ -56,7 +60,7 @@ describe("browser build in chromium", () => {
             const ack = await c.publish("/browser/self", {from: "page", text: "ünïcødé ☃"});
             await c.connect();
             return {transport: c.transport.name, ack, clientId: c.clientId};
-        }, {url: broker.url, options});
+        }, {url, options});
     }
 
     test("callback-polling from another origin", async () => {
@@ -91,11 +95,12 @@ describe("browser build in chromium", () => {
         }
     });
 
-    test("default preference: long-polling over fetch with CORS and credentials", async () => {
-        const {context, page, log, requests} = await openPage();
+    test("default preference: WebSocket refused by Halley, then CORS long-polling with credentials", async () => {
+        const {context, page, log, requests, sockets} = await openPage();
         try {
             const r = await roundTrip(page, {});
             assert.equal(r.transport, "long-polling");
+            assert.deepEqual(sockets, [broker.url.replace(/^http/, "ws")], "one WebSocket attempt");
             await until("own delivery", () => page.evaluate(() => got.length >= 1));
             await page.evaluate(() => client.disconnect());
             const posts = requests.filter(q => q.method === "POST");
@@ -104,6 +109,60 @@ describe("browser build in chromium", () => {
             console.error(log.join("\n"), "\n", broker.output());
             throw e;
         } finally {
+            await context.close();
+        }
+    });
+});
+
+describe("browser build in chromium over WebSocket", () => {
+    let browser, faye, pages;
+
+    before(async () => {
+        [browser, faye, pages] = await Promise.all([
+            chromium.launch({executablePath: CHROMIUM, args: LAUNCH_ARGS, timeout: 30000}),
+            startFaye(),
+            startPageServer(),
+        ]);
+    });
+    after(async () => {
+        await browser?.close();
+        await Promise.all([faye?.stop(), pages?.stop()]);
+    });
+
+    test("to Faye from another origin: one socket, no HTTP, deliveries both ways", async () => {
+        const context = await browser.newContext();
+        context.setDefaultTimeout(WAIT_MS);
+        const page = await context.newPage();
+        const log = [], sockets = [], http = [];
+        page.on("console", m => log.push(`[${m.type()}] ${m.text()}`));
+        page.on("websocket", ws => sockets.push(ws.url()));
+        page.on("request", r => r.url().startsWith(faye.url) && http.push(r.url()));
+        const fayeClient = new (createRequire(import.meta.url)("faye").Client)(faye.url);
+        try {
+            await page.goto(pages.origin + "/");
+            const r = await page.evaluate(async url => {
+                const c = (window.client = new Halley.Client(url));
+                window.got = [];
+                await c.subscribe("/browser/**", (data, m) => got.push({channel: m.channel, data})).ready;
+                await c.connect();
+                return {transport: c.transport.name, ack: await c.publish("/browser/from/page", "ünïcødé ☃")};
+            }, faye.url);
+            assert.equal(r.transport, "websocket");
+            assert.equal(r.ack.successful, true);
+            await fayeClient.publish("/browser/from/node", 42);
+            await until("deliveries in the page", () => page.evaluate(() => got.length >= 2));
+            assert.deepEqual(await page.evaluate(() => got), [
+                {channel: "/browser/from/page", data: "ünïcødé ☃"},
+                {channel: "/browser/from/node", data: 42},
+            ]);
+            await page.evaluate(() => client.disconnect());
+            assert.deepEqual(sockets, [faye.url.replace(/^http/, "ws")]);
+            assert.deepEqual(http, [], "nothing over HTTP");
+        } catch (e) {
+            console.error(log.join("\n"));
+            throw e;
+        } finally {
+            fayeClient.disconnect();
             await context.close();
         }
     });

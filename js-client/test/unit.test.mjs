@@ -1,6 +1,8 @@
-// Pure functions: wildcard matching (BAYEUX.md 1.5) and error parsing.
+// Pure functions: wildcard matching (BAYEUX.md 1.5) and error parsing; the browser build's size budget.
 import assert from "node:assert/strict";
+import {readFileSync} from "node:fs";
 import {test} from "node:test";
+import {gzipSync} from "node:zlib";
 import {BayeuxError, matches, patternsFor} from "../dist/index.js";
 
 test("patternsFor lists the exact name, parent /* and every ancestor /**", () => {
@@ -23,4 +25,10 @@ test("BayeuxError exposes the numeric code and the reply", () => {
     assert.equal(e.reply, reply);
     assert.equal(e.message, reply.error);
     assert.equal(new BayeuxError(undefined, "no reply").code, 0);
+});
+
+test("the browser build stays within its budget: 6 KiB minified and gzipped", () => {
+    const bundle = readFileSync(new URL("../dist/halley-client.min.js", import.meta.url));
+    const size = gzipSync(bundle, {level: 9}).length;
+    assert.ok(size <= 6 * 1024, `${size} B min+gzip`);
 });

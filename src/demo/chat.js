@@ -1,11 +1,9 @@
-// The Halley demo chat: the CometD browser client over long-polling, presence from the
-// broker's /service/chat/join service and /chat/<room>/members broadcasts.
+// The Halley demo chat: the CometD browser client (WebSocket where the broker offers it, else
+// long-polling), presence from the broker's /service/chat/join service and /chat/<room>/members broadcasts.
 import {CometD} from "/demo/cometd/cometd.js";
 
 const $ = id => document.getElementById(id);
 const cometd = new CometD();
-// Halley does not offer websocket yet; skip the probe.
-cometd.unregisterTransport("websocket");
 cometd.configure({url: location.origin + document.body.dataset.bayeuxPath, logLevel: "warn"});
 
 let joined = null; // {room, name, subscriptions}

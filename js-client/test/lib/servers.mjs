@@ -115,8 +115,8 @@ async function inProcess(name, pathname, make) {
     };
 }
 
-/** Faye 1.4.3 (NodeAdapter, memory engine) at /bayeux. */
-export async function startFaye() {
+/** Faye 1.4.3 (NodeAdapter, memory engine) at /bayeux; `extensions` are added after the token check. */
+export async function startFaye({extensions = []} = {}) {
     const faye = require("faye");
     const tokens = [];
     const srv = await inProcess("faye", "/bayeux", () => {
@@ -131,6 +131,7 @@ export async function startFaye() {
                 callback(message);
             },
         });
+        extensions.forEach(e => bayeux.addExtension(e));
         const server = http.createServer((req, res) => {
             res.writeHead(404);
             res.end();
