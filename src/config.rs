@@ -188,6 +188,9 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Most bytes of deliveries one reply (or WebSocket frame) carries; what does not fit
+    /// goes in the next. A single larger delivery still goes alone.
+    pub max_response_bytes: usize,
     /// Held connects allowed per browser (`BAYEUX_BROWSER` cookie) on HTTP/1.1.
     pub max_sessions_per_browser: u32,
     /// Polling interval advised to a browser over its long-poll limit, ms; 0 or less
@@ -259,6 +262,7 @@ impl Default for Config {
             queue_overflow: OverflowPolicy::DropOldest,
             max_subscriptions: 1_000,
             max_body_bytes: 64 * 1024,
+            max_response_bytes: 1024 * 1024,
             max_sessions_per_browser: 1,
             multi_session_interval: 2_000,
             connect_only_delivery: false,
@@ -348,6 +352,10 @@ pub struct Args {
     /// Largest request body accepted, bytes; larger ones get HTTP 413 [default: 65536].
     #[arg(long, env = "HALLEY_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most bytes of deliveries in one reply or WebSocket frame; the rest goes in the next
+    /// [default: 1048576].
+    #[arg(long, env = "HALLEY_MAX_RESPONSE_BYTES", value_name = "BYTES")]
+    pub max_response_bytes: Option<usize>,
     /// Long polls held at once per browser on HTTP/1.1 [default: 1].
     #[arg(long, env = "HALLEY_MAX_SESSIONS_PER_BROWSER", value_name = "N")]
     pub max_sessions_per_browser: Option<u32>,
@@ -497,6 +505,7 @@ impl Config {
             queue_overflow,
             max_subscriptions,
             max_body_bytes,
+            max_response_bytes,
             max_sessions_per_browser,
             multi_session_interval,
             connect_only_delivery,
@@ -573,6 +582,9 @@ impl Config {
         }
         if self.max_body_bytes < 256 {
             return invalid("max_body_bytes must be at least 256");
+        }
+        if self.max_response_bytes < 4096 {
+            return invalid("max_response_bytes must be at least 4096");
         }
         if self.max_connections == 0 || self.max_sessions == 0 {
             return invalid("max_connections and max_sessions must be at least 1");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::routing::FanOut;
 use super::session::Session;
 use super::{
     Broker, CONNECT, DISCONNECT, Removal, ReplyBatch, RequestContext, SUBSCRIBE, UNSUBSCRIBE,
@@ -35,7 +36,14 @@ impl Broker {
             let reply = if deleted.get(i) == Some(&true) {
                 Some(Reply::failed(message, BayeuxError::MessageDeleted).encode())
             } else {
-                self.process_message(message, session)
+                match self.process_message(message, session) {
+                    Processed::Reply(reply) => Some(reply),
+                    Processed::Connect => None,
+                    Processed::Published(reply, fan_out) => {
+                        self.fan_out_yielding(fan_out).await;
+                        Some(reply)
+                    }
+                }
             };
             if reply.is_none() {
                 connects.push(i);
@@ -50,9 +58,12 @@ impl Broker {
             if connects.is_empty() {
                 let mut state = s.lock();
                 if state.removed.is_none() {
-                    if !(state.connect_only || ctx.connect_only) {
-                        state.outbox.queue.drain_into(&mut messages);
-                    } else {
+                    let max_bytes = self.shared.config.max_response_bytes;
+                    if state.connect_only
+                        || ctx.connect_only
+                        || !state.outbox.queue.drain_bounded(&mut messages, max_bytes)
+                    {
+                        // What this reply does not carry goes to the session's reader.
                         state.outbox.wake_for_delivery();
                     }
                 }
@@ -74,15 +85,15 @@ impl Broker {
         }
     }
 
-    /// Acts on one message of a batch and returns its reply; `None` for a connect of the
-    /// batch's session, which [`Broker::answer_batched_connects`] answers once the batch
-    /// is done.
-    fn process_message(&self, message: &Message, session: Option<&Arc<Session>>) -> Option<Bytes> {
+    /// Acts on one message of a batch.
+    fn process_message(&self, message: &Message, session: Option<&Arc<Session>>) -> Processed {
         let Some(channel) = message.channel.as_deref() else {
-            return Some(Reply::failed(message, BayeuxError::ChannelMissing).encode());
+            return Processed::Reply(Reply::failed(message, BayeuxError::ChannelMissing).encode());
         };
         if !message.id_is_valid() {
-            return Some(Reply::failed(message, BayeuxError::MessageIdInvalid).encode());
+            return Processed::Reply(
+                Reply::failed(message, BayeuxError::MessageIdInvalid).encode(),
+            );
         }
         // The session comes from the batch's first message; a different clientId later
         // in the batch is not that session (CometD).
@@ -92,20 +103,42 @@ impl Broker {
             if channel == CONNECT {
                 reply.advice = Some(Advice::HANDSHAKE);
             }
-            return Some(reply.encode());
+            return Processed::Reply(reply.encode());
         };
         let result = match channel {
-            CONNECT => return self.begin_batched_connect(session, message),
+            CONNECT => {
+                return match self.begin_batched_connect(session, message) {
+                    Some(gone) => Processed::Reply(gone),
+                    None => Processed::Connect,
+                };
+            }
             SUBSCRIBE => self.subscribe(message, session),
             UNSUBSCRIBE => self.unsubscribe(message, session),
             DISCONNECT => {
                 self.remove_session(session, Removal::Disconnected);
                 Ok(())
             }
-            _ => self.publish_from(message, channel, session),
+            _ => match self.publish_from(message, channel, session) {
+                Ok(Some(fan_out)) => {
+                    return Processed::Published(Reply::to(message).encode(), fan_out);
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            },
         };
-        Some(encode_reply(message, result))
+        Processed::Reply(encode_reply(message, result))
     }
+}
+
+/// What acting on one message of a batch gave.
+enum Processed {
+    /// Its reply.
+    Reply(Bytes),
+    /// A connect of the batch's session, answered once the batch is done
+    /// ([`Broker::answer_batched_connects`]).
+    Connect,
+    /// A publish's reply, and its fan-out to run before the next message.
+    Published(Bytes, FanOut),
 }
 
 /// The encoded reply to `message` for the result of acting on it.

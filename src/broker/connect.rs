@@ -241,7 +241,11 @@ impl Broker {
         let before = out.len();
         match state.ack.as_mut() {
             Some(ack) => ack.flush(&mut state.outbox.queue, self.shared.config.max_queue, out),
-            None => state.outbox.queue.drain_into(out),
+            // The rest, if any, makes the next connect come back at once.
+            None => {
+                let max_bytes = self.shared.config.max_response_bytes;
+                state.outbox.queue.drain_bounded(out, max_bytes);
+            }
         }
         if self.shared.config.delivery_interval > 0 && out.len() > before {
             state.delivered_at = NonZeroU64::new(self.now_us().max(1));
@@ -392,8 +396,12 @@ impl PushConnect {
                 if state.connect_only || state.ack.is_some() {
                     return PushWake::Answer;
                 }
-                let mut out = Vec::with_capacity(state.outbox.queue.len());
-                state.outbox.queue.drain_into(&mut out);
+                let max_bytes = self.broker.shared.config.max_response_bytes;
+                let mut out = Vec::new();
+                if !state.outbox.queue.drain_bounded(&mut out, max_bytes) {
+                    // One frame at a time: the rest goes in the next.
+                    state.outbox.wake(Wake::Deliver);
+                }
                 PushWake::Deliver(out)
             }
         }

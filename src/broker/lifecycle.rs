@@ -1,6 +1,7 @@
 //! How sessions end: a disconnect (the client's or the server's), expiry by the one
 //! sweeper task, queue overflow, and the broker's shutdown.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
@@ -22,18 +23,21 @@ impl Broker {
         session.is_some_and(|s| self.remove_session(&s, Removal::Kicked))
     }
 
-    /// Removes every session whose deadline has passed. Returns how many.
+    /// Removes every session whose deadline has passed, and finishes the removal of
+    /// sessions whose queue overflowed. Returns how many.
     pub fn sweep(&self) -> usize {
+        let overflowed = self.finish_pending_removals();
         let now = self.now_ms();
         let expired: Vec<Arc<Session>> = read(&self.shared.sessions)
             .values()
             .filter(|s| s.deadline() <= now)
             .cloned()
             .collect();
-        expired
-            .iter()
-            .filter(|s| self.remove_session(s, Removal::Expired))
-            .count()
+        overflowed
+            + expired
+                .iter()
+                .filter(|s| self.remove_session(s, Removal::Expired))
+                .count()
     }
 
     /// Starts the one background task that expires sessions. It stops when every
@@ -74,32 +78,57 @@ impl Broker {
     /// Removes a session for good. Returns false if it was already gone (or, for expiry,
     /// has been revived by a connect since the sweeper looked).
     pub(super) fn remove_session(&self, session: &Arc<Session>, why: Removal) -> bool {
+        match self.end_session(session, why) {
+            Some(subscriptions) => {
+                self.forget_session(session, &subscriptions, why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a session whose queue overflowed during a fan-out: it takes no more
+    /// deliveries and its reader is told at once, but the rest of its removal (the maps,
+    /// the tree, the `Closed` event, whose listeners may publish) is left to the sweeper,
+    /// so a publish never runs listeners or re-enters itself.
+    pub(super) fn remove_after_fan_out(&self, session: Arc<Session>) {
+        if let Some(subscriptions) = self.end_session(&session, Removal::Overflow) {
+            let mut pending = self
+                .shared
+                .pending_removals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.push((session, subscriptions));
+        }
+    }
+
+    /// Finishes the removals [`Broker::remove_after_fan_out`] left. Returns how many.
+    fn finish_pending_removals(&self) -> usize {
+        let pending = std::mem::take(
+            &mut *self
+                .shared
+                .pending_removals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (session, subscriptions) in &pending {
+            self.forget_session(session, subscriptions, Removal::Overflow);
+        }
+        pending.len()
+    }
+
+    /// The part of a removal done under the session's lock: marks it removed (so it
+    /// takes no more deliveries and no request revives it), answers or empties its
+    /// outbox. Returns its subscriptions, or `None` if it was already gone (or, for
+    /// expiry, has been revived by a connect since the sweeper looked).
+    fn end_session(&self, session: &Session, why: Removal) -> Option<HashSet<Box<str>>> {
         let mut state = session.lock();
         if state.removed.is_some()
             || (why == Removal::Expired && session.deadline() > self.now_ms())
         {
-            return false;
+            return None;
         }
         state.removed = Some(why);
-        {
-            let mut sessions = write(&self.shared.sessions);
-            if sessions
-                .get(&session.client_id)
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                sessions.remove(&session.client_id);
-            }
-        }
-        let subscriptions = std::mem::take(&mut state.subscriptions);
-        if !subscriptions.is_empty() {
-            let mut tree = write(&self.shared.tree);
-            for pattern in subscriptions.iter() {
-                if let Ok(name) = ChannelName::parse(pattern) {
-                    let change = tree.remove(&name, session.key);
-                    self.report_interest(pattern, change, Interest::Last);
-                }
-            }
-        }
         if why == Removal::Kicked {
             state.outbox.queue.push_unbounded(server_disconnect());
         }
@@ -109,12 +138,39 @@ impl Broker {
             let mut gone = Vec::new();
             state.outbox.queue.drain_into(&mut gone);
         }
-        drop(state);
+        Some(std::mem::take(&mut state.subscriptions))
+    }
+
+    /// The rest of a removal: out of the sessions map and the subscription tree, then the
+    /// `Closed` event.
+    fn forget_session(
+        &self,
+        session: &Arc<Session>,
+        subscriptions: &HashSet<Box<str>>,
+        why: Removal,
+    ) {
+        {
+            let mut sessions = write(&self.shared.sessions);
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.client_id);
+            }
+        }
+        if !subscriptions.is_empty() {
+            let mut tree = write(&self.shared.tree);
+            for pattern in subscriptions {
+                if let Ok(name) = ChannelName::parse(pattern) {
+                    let change = tree.remove(&name, session.key);
+                    self.report_interest(pattern, change, Interest::Last);
+                }
+            }
+        }
         tracing::debug!(client_id = %session.client_id, reason = ?why, "session removed");
         self.emit(SessionEvent::Closed {
             client_id: &session.client_id,
             reason: why,
         });
-        true
     }
 }

@@ -78,7 +78,10 @@ impl LocalSession {
         let mut message = self.message(channel);
         let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::DataInvalid)?;
         message.data = Some(raw);
-        self.broker.publish_from(&message, channel, &self.session)
+        if let Some(fan_out) = self.broker.publish_from(&message, channel, &self.session)? {
+            self.broker.fan_out_now(&fan_out);
+        }
+        Ok(())
     }
 
     /// Waits for the next messages delivered to this session, in order. Returns `None`

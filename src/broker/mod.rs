@@ -46,7 +46,7 @@ pub use policy::{
     AllowAll, HandshakeRequest, HandshakeVerdict, MessageHook, SecurityPolicy, SessionInfo,
 };
 pub use service::{ServiceCall, ServiceChannelError, ServiceHandler, ServiceReply, echo};
-pub use tree::{Change, SubscriberKey, SubscriptionTree};
+pub use tree::{Change, Matches, SubscriberKey, SubscriptionTree};
 
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
@@ -172,6 +172,9 @@ pub enum SessionEvent<'a> {
 
 type SessionListener = Arc<dyn Fn(&SessionEvent<'_>) + Send + Sync>;
 
+/// A session ended during a fan-out, with the subscriptions its removal must clear.
+type PendingRemoval = (Arc<Session>, std::collections::HashSet<Box<str>>);
+
 struct Shared {
     config: Config,
     /// This node's id in a cluster; publishes carry it so nothing loops back.
@@ -196,6 +199,9 @@ struct Shared {
     counters: Counters,
     /// Token bucket of the handshake rate limit: (tokens, last refill).
     handshake_bucket: Mutex<(f64, Instant)>,
+    /// Sessions ended by a queue overflow during a fan-out, with their subscriptions,
+    /// whose removal the sweeper finishes.
+    pending_removals: Mutex<Vec<PendingRemoval>>,
 }
 
 /// A handle to the broker. Cheap to clone; all clones share one broker.
@@ -267,6 +273,7 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 counters: Counters::default(),
                 handshake_bucket: Mutex::new((handshake_tokens, Instant::now())),
+                pending_removals: Mutex::new(Vec::new()),
             }),
         };
         broker.shared.engine.attach(broker.downgrade());

@@ -88,6 +88,26 @@ impl DeliveryQueue {
         out.extend(self.items.drain(..));
     }
 
+    /// Moves queued deliveries, in order, to `out` while they add up to at most
+    /// `max_bytes` (always at least one, however large), so that no reply grows past
+    /// the bound. Returns whether the queue is now empty.
+    pub fn drain_bounded(&mut self, out: &mut Vec<Bytes>, max_bytes: usize) -> bool {
+        let mut bytes = 0usize;
+        while let Some(next) = self.items.front() {
+            bytes = bytes.saturating_add(next.len() + 1);
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.extend(self.items.pop_front());
+        }
+        self.items.is_empty()
+    }
+
+    /// Whether the queue holds as many deliveries as it may.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.capacity
+    }
+
     /// Counts deliveries dropped outside the queue (from the ack extension's unacked list).
     pub fn count_dropped(&mut self, n: u64) {
         self.dropped_unreported += n;
@@ -290,6 +310,20 @@ mod tests {
         let mut out = Vec::new();
         q.drain_into(&mut out);
         assert_eq!(out, vec![b("3"), b("4")]);
+    }
+
+    #[test]
+    fn a_bounded_drain_stops_at_the_byte_budget_but_takes_at_least_one() {
+        let mut q = DeliveryQueue::new(10);
+        for s in ["aaaa", "bbbb", "cccc"] {
+            q.push(b(s), OverflowPolicy::DropOldest);
+        }
+        let mut out = Vec::new();
+        assert!(!q.drain_bounded(&mut out, 10), "two of five bytes each fit");
+        assert_eq!(out, vec![b("aaaa"), b("bbbb")]);
+        let mut out = Vec::new();
+        assert!(q.drain_bounded(&mut out, 1), "one too large still goes");
+        assert_eq!(out, vec![b("cccc")]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::outbox::Enqueued;
 use super::session::Session;
-use super::{Broker, Removal, read};
+use super::tree::{Matches, SubscriberKey};
+use super::{Broker, read};
 use crate::engine::Publish;
 use crate::protocol::{BayeuxError, ChannelClass, ChannelName, Delivery, Message, Publisher};
 
@@ -44,28 +45,30 @@ impl Broker {
         if !self.policy().can_publish(None, &name) {
             return Err(BayeuxError::PublishDenied(channel.to_string()));
         }
-        self.broadcast(&name, &message, None)
+        let fan_out = self.broadcast(&name, &message, None)?;
+        Ok(self.fan_out_now(&fan_out))
     }
 
-    /// A publish by `session` (a client or an in-process session): a broadcast channel
-    /// fans out, a service channel calls its handler.
+    /// A publish by `session` (a client or an in-process session): a service channel
+    /// calls its handler; a broadcast channel is prepared for its fan-out, which the
+    /// caller runs (at once, or in chunks that let other tasks in).
     pub(super) fn publish_from(
         &self,
         message: &Message,
         channel: &str,
         session: &Arc<Session>,
-    ) -> Result<(), BayeuxError> {
+    ) -> Result<Option<FanOut>, BayeuxError> {
         let name = ChannelName::for_publish(channel, Publisher::Session)
             .map_err(|e| BayeuxError::for_publish(channel, e))?;
         if !self.policy().can_publish(Some(&session.info()), &name) {
             return Err(BayeuxError::PublishDenied(channel.to_string()));
         }
         match name.class() {
-            ChannelClass::Service => self.call_service(message, channel, session),
+            ChannelClass::Service => self.call_service(message, channel, session).map(|()| None),
             _ => {
                 let publisher =
                     Some(&**session).filter(|_| !self.shared.config.broadcast_to_publisher);
-                self.broadcast(&name, message, publisher).map(drop)
+                self.broadcast(&name, message, publisher).map(Some)
             }
         }
     }
@@ -82,18 +85,23 @@ impl Broker {
         let skip = publish
             .publisher
             .filter(|_| !self.shared.config.broadcast_to_publisher)
-            .and_then(|id| read(&self.shared.sessions).get(id).cloned());
-        self.fan_out(&name, publish.bytes, skip.as_deref())
+            .and_then(|id| read(&self.shared.sessions).get(id).map(|s| s.key));
+        let targets = read(&self.shared.tree).matches(&name);
+        self.fan_out_now(&FanOut {
+            targets,
+            bytes: publish.bytes.clone(),
+            skip,
+        })
     }
 
     /// Runs the outgoing hooks on a publish, serializes it once, hands it to the engine
-    /// and fans it out locally. Returns how many local sessions it was queued for.
+    /// and finds its local recipients: the fan-out to run.
     fn broadcast(
         &self,
         name: &ChannelName<'_>,
         message: &Message,
         publisher: Option<&Session>,
-    ) -> Result<usize, BayeuxError> {
+    ) -> Result<FanOut, BayeuxError> {
         let hooks = read(&self.shared.hooks).clone();
         let bytes = if hooks.is_empty() {
             Delivery::of(name.as_str(), message).encode()
@@ -121,26 +129,53 @@ impl Broker {
             .counters
             .published
             .fetch_add(1, Ordering::Relaxed);
-        Ok(self.fan_out(name, &bytes, publisher))
+        // The tree's lock is held only to take the matching sets, never for the fan-out.
+        let targets = read(&self.shared.tree).matches(name);
+        Ok(FanOut {
+            targets,
+            bytes,
+            skip: publisher.map(|s| s.key),
+        })
     }
 
-    /// Queues `bytes` in the outbox of every local session subscribed to `channel` except
-    /// `skip`. Returns how many sessions it was queued for.
-    fn fan_out(&self, channel: &ChannelName<'_>, bytes: &Bytes, skip: Option<&Session>) -> usize {
+    /// Runs a whole fan-out now. Returns how many sessions it reached.
+    pub(super) fn fan_out_now(&self, fan_out: &FanOut) -> usize {
+        self.deliver(fan_out, fan_out.recipients())
+    }
+
+    /// Runs a fan-out in chunks of [`FAN_OUT_CHUNK`] sessions, letting other tasks in
+    /// between, so one publish to a huge audience does not hold its worker. Returns how
+    /// many sessions it reached.
+    pub(super) async fn fan_out_yielding(&self, fan_out: FanOut) -> usize {
+        if fan_out.targets.len_upper_bound() <= FAN_OUT_CHUNK {
+            return self.fan_out_now(&fan_out);
+        }
+        let mut recipients = fan_out.recipients().peekable();
+        let mut reached = 0;
+        while recipients.peek().is_some() {
+            reached += self.deliver(&fan_out, recipients.by_ref().take(FAN_OUT_CHUNK));
+            tokio::task::yield_now().await;
+        }
+        reached
+    }
+
+    /// Queues the fan-out's bytes in the outbox of each of `recipients`. A session whose
+    /// queue overflows under the `disconnect` policy is ended, its removal finished by
+    /// the sweeper (never here: its listeners may publish). Returns how many it reached.
+    fn deliver<'f>(
+        &self,
+        fan_out: &FanOut,
+        recipients: impl Iterator<Item = &'f Arc<Session>>,
+    ) -> usize {
         let counters = &self.shared.counters;
-        let targets = read(&self.shared.tree).matches(channel);
         let policy = self.shared.config.queue_overflow;
         let mut queued = 0;
-        let mut overflowed = Vec::new();
-        for session in targets {
-            if skip.is_some_and(|s| s.key == session.key) {
-                continue;
-            }
+        for session in recipients {
             let mut state = session.lock();
             if state.removed.is_some() {
                 continue;
             }
-            match state.outbox.queue.push(bytes.clone(), policy) {
+            match state.outbox.queue.push(fan_out.bytes.clone(), policy) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::DroppedOldest => {
                     queued += 1;
@@ -149,19 +184,36 @@ impl Broker {
                 }
                 Enqueued::Overflow => {
                     drop(state);
-                    overflowed.push(session);
+                    tracing::warn!(client_id = %session.client_id, "queue full: session disconnected");
+                    self.remove_after_fan_out(session.clone());
                     continue;
                 }
             }
             state.outbox.wake_for_delivery();
         }
-        for session in overflowed {
-            tracing::warn!(client_id = %session.client_id, "queue full: session disconnected");
-            self.remove_session(&session, Removal::Overflow);
-        }
         counters
             .delivered
             .fetch_add(queued as u64, Ordering::Relaxed);
         queued
+    }
+}
+
+/// Sessions served between two yields of a large fan-out.
+const FAN_OUT_CHUNK: usize = 1024;
+
+/// A publish on its way to this node's sessions: the subscriber sets it matched, the
+/// delivery serialized once, and the publisher if it does not get its own copy.
+pub(super) struct FanOut {
+    targets: Matches<Arc<Session>>,
+    bytes: Bytes,
+    skip: Option<SubscriberKey>,
+}
+
+impl FanOut {
+    fn recipients(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.targets
+            .iter()
+            .filter(|(key, _)| Some(*key) != self.skip)
+            .map(|(_, session)| session)
     }
 }

@@ -106,6 +106,12 @@ impl Broker {
         let Some(handler) = handler else {
             return Ok(());
         };
+        // The answer will wait in the caller's queue: a caller that never collects its
+        // answers (never connects) is refused once the queue is full, before the handler
+        // runs, instead of growing it without bound.
+        if session.lock().outbox.queue.is_full() {
+            return Err(BayeuxError::ServerBusy);
+        }
         let call = ServiceCall {
             channel,
             client_id: &session.client_id,
@@ -131,7 +137,8 @@ impl Broker {
         }
         .encode();
         let mut state = session.lock();
-        // An answer the caller waits for is not subject to the overflow policy.
+        // Not subject to the overflow policy (the caller waits for it), but counted: the
+        // check above bounds the queue at `max_queue` plus the calls of one batch.
         state.outbox.queue.push_unbounded(direct);
         state.outbox.wake_for_delivery();
         Ok(())

@@ -4,7 +4,8 @@
 //! Finding who receives a publish walks one path from the root, so it costs the channel's
 //! depth plus the number of matches, never the number of subscriptions (BAYEUX.md 1.5).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::protocol::{ChannelName, Wildcard};
 
@@ -18,29 +19,60 @@ pub struct SubscriptionTree<V> {
     count: usize,
 }
 
+/// One pattern's subscribers, shared copy-on-write: a publish takes a reference to the
+/// set under the tree's lock and walks it after letting go, while a subscribe or
+/// unsubscribe meanwhile changes a copy.
+type Subscribers<V> = Arc<HashMap<SubscriberKey, V>>;
+
 #[derive(Debug)]
 struct Node<V> {
     children: HashMap<Box<str>, Node<V>>,
     /// Subscribers of exactly this channel.
-    exact: HashMap<SubscriberKey, V>,
+    exact: Subscribers<V>,
     /// Subscribers of `<this>/*`.
-    one: HashMap<SubscriberKey, V>,
+    one: Subscribers<V>,
     /// Subscribers of `<this>/**`.
-    many: HashMap<SubscriberKey, V>,
+    many: Subscribers<V>,
 }
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
             children: HashMap::new(),
-            exact: HashMap::new(),
-            one: HashMap::new(),
-            many: HashMap::new(),
+            exact: Arc::default(),
+            one: Arc::default(),
+            many: Arc::default(),
         }
     }
 }
 
-impl<V> Node<V> {
+/// Everyone who receives one publish: the matching subscriber sets, taken from the tree
+/// in O(depth) under its lock and read after, so subscription churn does not wait for a
+/// large fan-out and a fan-out does not wait for churn.
+#[derive(Debug)]
+pub struct Matches<V> {
+    sets: Vec<Subscribers<V>>,
+}
+
+impl<V> Matches<V> {
+    /// How many subscribers the sets hold, a session matched by several patterns counted
+    /// once per pattern.
+    pub fn len_upper_bound(&self) -> usize {
+        self.sets.iter().map(|s| s.len()).sum()
+    }
+
+    /// Every subscriber once, however many of its patterns match.
+    pub fn iter(&self) -> impl Iterator<Item = (SubscriberKey, &V)> {
+        let mut seen = (self.sets.len() > 1).then(HashSet::new);
+        self.sets
+            .iter()
+            .flat_map(|set| set.iter())
+            .filter(move |(key, _)| seen.as_mut().is_none_or(|seen| seen.insert(**key)))
+            .map(|(key, value)| (*key, value))
+    }
+}
+
+impl<V: Clone> Node<V> {
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.exact.is_empty()
@@ -48,12 +80,14 @@ impl<V> Node<V> {
             && self.many.is_empty()
     }
 
+    /// The set of one pattern kind, copied first if a publish is reading it.
     fn set_mut(&mut self, wildcard: Option<Wildcard>) -> &mut HashMap<SubscriberKey, V> {
-        match wildcard {
+        let set = match wildcard {
             None => &mut self.exact,
             Some(Wildcard::One) => &mut self.one,
             Some(Wildcard::Many) => &mut self.many,
-        }
+        };
+        Arc::make_mut(set)
     }
 }
 
@@ -107,17 +141,22 @@ impl<V: Clone> SubscriptionTree<V> {
         change
     }
 
-    /// Everyone who receives a publish on the concrete channel `channel`, each once.
-    pub fn matches(&self, channel: &ChannelName<'_>) -> Vec<V> {
-        let mut found: Vec<(SubscriberKey, &V)> = Vec::new();
+    /// Everyone who receives a publish on the concrete channel `channel`.
+    pub fn matches(&self, channel: &ChannelName<'_>) -> Matches<V> {
+        let mut sets = Vec::new();
+        let mut take = |set: &Subscribers<V>| {
+            if !set.is_empty() {
+                sets.push(set.clone());
+            }
+        };
         let segments: Vec<&str> = channel.segments().collect();
         let mut node = &self.root;
         let last = segments.len() - 1;
         let mut reached_leaf = true;
         for (depth, segment) in segments.iter().enumerate() {
-            found.extend(node.many.iter().map(|(k, v)| (*k, v)));
+            take(&node.many);
             if depth == last {
-                found.extend(node.one.iter().map(|(k, v)| (*k, v)));
+                take(&node.one);
             }
             match node.children.get(*segment) {
                 Some(child) => node = child,
@@ -128,11 +167,9 @@ impl<V: Clone> SubscriptionTree<V> {
             }
         }
         if reached_leaf {
-            found.extend(node.exact.iter().map(|(k, v)| (*k, v)));
+            take(&node.exact);
         }
-        found.sort_unstable_by_key(|(k, _)| *k);
-        found.dedup_by_key(|(k, _)| *k);
-        found.into_iter().map(|(_, v)| v.clone()).collect()
+        Matches { sets }
     }
 
     /// How many (subscriber, pattern) pairs the tree holds.
@@ -154,7 +191,7 @@ fn path_of<'a>(pattern: &ChannelName<'a>) -> impl Iterator<Item = &'a str> + use
 }
 
 /// Recursion depth is bounded by `channel::MAX_SEGMENTS`.
-fn remove_at<V>(
+fn remove_at<V: Clone>(
     node: &mut Node<V>,
     path: &[&str],
     wildcard: Option<Wildcard>,
@@ -187,7 +224,13 @@ mod tests {
     }
 
     fn matching(tree: &SubscriptionTree<SubscriberKey>, channel: &str) -> Vec<SubscriberKey> {
-        tree.matches(&name(channel))
+        let mut keys: Vec<SubscriberKey> = tree
+            .matches(&name(channel))
+            .iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     #[test]
@@ -222,6 +265,18 @@ mod tests {
         }
         assert_eq!(matching(&tree, "/a/b"), vec![42]);
         assert_eq!(tree.len(), 4);
+    }
+
+    #[test]
+    fn a_snapshot_is_not_changed_by_later_subscriptions() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(&name("/a"), 1, 1);
+        let before = tree.matches(&name("/a"));
+        tree.insert(&name("/a"), 2, 2);
+        tree.remove(&name("/a"), 1);
+        let keys: Vec<_> = before.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![1], "the publish sees the set as it was");
+        assert_eq!(matching(&tree, "/a"), vec![2]);
     }
 
     #[test]

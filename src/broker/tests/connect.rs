@@ -255,18 +255,21 @@ async fn the_ack_extension_can_be_turned_off() {
     .await;
     assert!(reply[0].get("ext").is_none(), "{reply:?}");
 }
-#[tokio::test(start_paused = true)]
+/// Real time: `p` is read from the wall clock, which paused time does not move.
+#[tokio::test]
 async fn timesync_p_covers_the_hold() {
     let broker = broker();
     let alice = session(&broker).await;
     let body = json!([{"id": "t", "channel": "/meta/connect", "clientId": alice,
-        "ext": {"timesync": {"tc": 5, "l": 0, "o": 0}}}]);
+        "advice": {"timeout": 300}, "ext": {"timesync": {"tc": 5, "l": 0, "o": 0}}}]);
     let reply = send(&broker, body).await;
     let sync = &reply[0]["ext"]["timesync"];
     assert_eq!(sync["tc"], 5);
     assert!(sync["ts"].as_u64().expect("ts") > 1_600_000_000_000);
-    assert!(sync["p"].as_u64().is_some());
+    let p = sync["p"].as_u64().expect("p");
+    assert!((300..5_000).contains(&p), "p = {p} ms for a 300 ms hold");
 }
+
 fn data_of(reply: &[Value]) -> Vec<Value> {
     reply
         .iter()

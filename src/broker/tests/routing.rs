@@ -221,3 +221,87 @@ async fn one_check_refuses_the_same_channels_for_every_publisher() {
         Err(ServiceChannelError::NotService(_))
     ));
 }
+
+#[tokio::test]
+async fn an_overflowed_session_is_ended_at_once_and_removed_by_the_sweeper_outside_the_publish() {
+    let broker = broker_with(|c| {
+        c.max_queue = 1;
+        c.queue_overflow = OverflowPolicy::Disconnect;
+    });
+    let closed = Arc::new(AtomicU64::new(0));
+    let seen = closed.clone();
+    broker.on_session_event(move |event| {
+        if matches!(
+            event,
+            SessionEvent::Closed {
+                reason: Removal::Overflow,
+                ..
+            }
+        ) {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/n").await;
+    let held = held_connect(&broker, &bob, "h");
+    settle().await;
+    // The held connect takes the first; the next two overflow a queue of one.
+    publish(&broker, &alice, "/n", json!(0)).await;
+    let first = held.await.expect("task");
+    assert_eq!(first[0]["data"], 0);
+    publish(&broker, &alice, "/n", json!(1)).await;
+    publish(&broker, &alice, "/n", json!(2)).await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "no listener ran inside the publish"
+    );
+    assert_eq!(
+        broker.stats().sessions,
+        2,
+        "the removal is left to the sweeper"
+    );
+    let reply = send(&broker, connect(&bob, "c")).await;
+    assert_eq!(
+        reply[0]["error"], "402::session_unknown",
+        "ended at once: {reply:?}"
+    );
+    assert_eq!(broker.sweep(), 1);
+    assert_eq!(closed.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.stats().sessions, 1);
+    assert_eq!(broker.stats().subscriptions, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_fan_out_lets_other_tasks_run_between_chunks() {
+    let broker = broker();
+    let alice = session(&broker).await;
+    let mut locals = Vec::new();
+    for _ in 0..5_000 {
+        let local = broker.open_local_session(None);
+        local.subscribe("/all").expect("subscribe");
+        locals.push(local);
+    }
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                ticks.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    settle().await;
+    let before = ticks.load(Ordering::SeqCst);
+    publish(&broker, &alice, "/all", json!(1)).await;
+    let during = ticks.load(Ordering::SeqCst) - before;
+    ticker.abort();
+    // 5,000 recipients in chunks of 1,024: the other task ran between them.
+    assert!(
+        during >= 4,
+        "the other task ran {during} times during the fan-out"
+    );
+    assert_eq!(broker.stats().delivered, 5_000);
+}
