@@ -75,6 +75,11 @@ pub struct SecurityConfig {
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, if set.
     pub jwt_audience: Option<String>,
+    /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`, ms.
+    pub jwt_leeway: u64,
+    /// End a JWT-authenticated session when its token expires (plus the leeway), unless
+    /// the client presents a fresh one on `/service/halley/refresh`.
+    pub jwt_expiry_ends_session: bool,
     /// Channel rules, checked in order.
     pub channels: Vec<ChannelRule>,
 }
@@ -88,6 +93,8 @@ impl Default for SecurityConfig {
             jwt_rs256_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_leeway: 30_000,
+            jwt_expiry_ends_session: false,
             channels: Vec::new(),
         }
     }
@@ -408,6 +415,13 @@ pub struct Args {
     /// PEM file with the RSA public key for handshake JWTs signed with RS256.
     #[arg(long, env = "HALLEY_JWT_RS256_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_rs256_public_key: Option<PathBuf>,
+    /// Clock skew allowed when checking a handshake JWT's exp, nbf and iat, ms [default: 30000].
+    #[arg(long, env = "HALLEY_JWT_LEEWAY", value_name = "MS")]
+    pub jwt_leeway: Option<u64>,
+    /// End a JWT-authenticated session when its token expires, unless the client presents
+    /// a fresh token on /service/halley/refresh [default: false].
+    #[arg(long, env = "HALLEY_JWT_EXPIRY_ENDS_SESSION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub jwt_expiry_ends_session: Option<bool>,
     /// Accept handshakes without credentials [default: true].
     #[arg(long, env = "HALLEY_ANONYMOUS", value_name = "BOOL")]
     pub anonymous: Option<bool>,
@@ -488,6 +502,12 @@ impl Config {
         if let Some(anonymous) = args.anonymous {
             security.anonymous = anonymous;
         }
+        if let Some(leeway) = args.jwt_leeway {
+            security.jwt_leeway = leeway;
+        }
+        if let Some(ends) = args.jwt_expiry_ends_session {
+            security.jwt_expiry_ends_session = ends;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -549,6 +569,9 @@ impl Config {
                 "API key {}… is shorter than 16 characters",
                 key.key.chars().take(3).collect::<String>()
             ));
+        }
+        if self.security.jwt_leeway > 3_600_000 {
+            return invalid("jwt_leeway must be at most 3600000 ms (one hour)");
         }
         if self.timeout > 24 * 3_600_000 || self.max_interval > 24 * 3_600_000 {
             return invalid("timeout and max_interval must be at most 24 hours");

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use lifecycle::ExtendError;
 pub use local::LocalSession;
 pub use policy::{
     AllowAll, HandshakeRequest, HandshakeVerdict, MessageHook, SecurityPolicy, SessionInfo,
@@ -132,6 +133,8 @@ pub enum Removal {
     Kicked,
     /// Its queue overflowed under the `disconnect` policy.
     Overflow,
+    /// The security policy bound it to an expiry (a JWT's) that passed unrefreshed.
+    TokenExpired,
 }
 
 /// Something that happened to a session, for listeners registered with
@@ -344,6 +347,11 @@ impl Broker {
             .first()
             .and_then(|m| m.client_id.as_deref())
             .and_then(|id| self.find_session(id, ctx));
+        // A session whose token expired ends before it acts again; a lone connect is told
+        // why (`open_connect`), anything else finds no session.
+        let token_expired = session
+            .as_ref()
+            .is_some_and(|s| s.expires() <= self.now_ms() && self.end_expired_token(s));
         let deleted = self.run_incoming(&mut batch, session.as_deref());
         // A lone message may be a connect held for the whole timeout: no spare capacity.
         if batch.len() == 1 {
@@ -355,6 +363,7 @@ impl Broker {
         {
             return self.connect(session, message, ctx).await;
         }
+        let session = session.filter(|_| !token_expired);
         // Boxed: a held connect's future must not carry the batch path's state.
         let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
         Outcome::Reply(batch.await)
@@ -466,6 +475,15 @@ impl Broker {
 
     fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `at` on the broker's millisecond clock (now, if it has passed), so a wall-clock
+    /// expiry can be compared with deadlines; `u64::MAX` stays free to mean never.
+    fn at_ms(&self, at: std::time::SystemTime) -> u64 {
+        let ahead = at
+            .duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.now_ms().saturating_add(ahead).min(u64::MAX - 1)
     }
 
     fn now_us(&self) -> u64 {

@@ -77,7 +77,7 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
     let engine = engine::from_config(&config.engine)?;
     let broker = Broker::with_engine(config, CONNECTION_TYPES, engine);
     if let Some(policy) = policy {
-        broker.set_policy(policy);
+        policy.install(&broker);
     }
     if demo {
         demo::install(&broker);
