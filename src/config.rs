@@ -659,9 +659,16 @@ mod tests {
             "0123456789abcdef,fedcba9876543210",
             "--auth-token",
             "x",
+            "--jwt-leeway",
+            "5000",
+            "--jwt-expiry-ends-session",
         ])
         .expect("args");
         let config = Config::load(args).expect("config");
+        assert_eq!(config.security.jwt_leeway, 5_000);
+        assert!(config.security.jwt_expiry_ends_session);
+        assert_eq!(SecurityConfig::default().jwt_leeway, 30_000);
+        assert!(!SecurityConfig::default().jwt_expiry_ends_session);
         assert_eq!(config.api_keys.len(), 2);
         assert_eq!(config.api_keys[1].rights.len(), 3);
         assert_eq!(config.security.tokens, vec!["x".to_string()]);

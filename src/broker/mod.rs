@@ -349,9 +349,11 @@ impl Broker {
             .and_then(|id| self.find_session(id, ctx));
         // A session whose token expired ends before it acts again; a lone connect is told
         // why (`open_connect`), anything else finds no session.
-        let token_expired = session
-            .as_ref()
-            .is_some_and(|s| s.expires() <= self.now_ms() && self.end_expired_token(s));
+        // Unbound sessions (`u64::MAX`) skip the clock read.
+        let token_expired = session.as_ref().is_some_and(|s| {
+            let expires = s.expires();
+            expires != u64::MAX && expires <= self.now_ms() && self.end_expired_token(s)
+        });
         let deleted = self.run_incoming(&mut batch, session.as_deref());
         // A lone message may be a connect held for the whole timeout: no spare capacity.
         if batch.len() == 1 {
