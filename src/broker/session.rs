@@ -126,13 +126,12 @@ impl Session {
             .map_or(u64::MAX, |i| i.expires.load(Ordering::Relaxed))
     }
 
-    /// Moves [`Session::expires`] (a refreshed token); false if the session has no
-    /// identity to bind it to.
-    pub fn set_expires(&self, at: u64) -> bool {
-        self.identity.as_deref().is_some_and(|i| {
-            i.expires.store(at, Ordering::Relaxed);
-            true
-        })
+    /// Moves [`Session::expires`] (a refreshed token); a session without an identity has
+    /// nothing to move.
+    pub fn set_expires(&self, at: u64) {
+        if let Some(identity) = self.identity.as_deref() {
+            identity.expires.store(at, Ordering::Relaxed);
+        }
     }
 
     pub fn deadline(&self) -> u64 {
