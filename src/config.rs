@@ -105,6 +105,11 @@ pub struct SecurityConfig {
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, if set.
     pub jwt_audience: Option<String>,
+    /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`, ms.
+    pub jwt_leeway: u64,
+    /// End a JWT-authenticated session when its token expires (plus the leeway), unless
+    /// the client presents a fresh one on `/service/halley/refresh`.
+    pub jwt_expiry_ends_session: bool,
     /// Channel rules, checked in order.
     pub channels: Vec<ChannelRule>,
 }
@@ -118,6 +123,8 @@ impl Default for SecurityConfig {
             jwt_rs256_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_leeway: 30_000,
+            jwt_expiry_ends_session: false,
             channels: Vec::new(),
         }
     }
@@ -453,6 +460,13 @@ pub struct Args {
     /// PEM file with the RSA public key for handshake JWTs signed with RS256.
     #[arg(long, env = "HALLEY_JWT_RS256_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_rs256_public_key: Option<PathBuf>,
+    /// Clock skew allowed when checking a handshake JWT's exp, nbf and iat, ms [default: 30000].
+    #[arg(long, env = "HALLEY_JWT_LEEWAY", value_name = "MS")]
+    pub jwt_leeway: Option<u64>,
+    /// End a JWT-authenticated session when its token expires, unless the client presents
+    /// a fresh token on /service/halley/refresh [default: false].
+    #[arg(long, env = "HALLEY_JWT_EXPIRY_ENDS_SESSION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub jwt_expiry_ends_session: Option<bool>,
     /// Accept handshakes without credentials [default: true].
     #[arg(long, env = "HALLEY_ANONYMOUS", value_name = "BOOL")]
     pub anonymous: Option<bool>,
@@ -547,6 +561,12 @@ impl Config {
         if let Some(anonymous) = args.anonymous {
             security.anonymous = anonymous;
         }
+        if let Some(leeway) = args.jwt_leeway {
+            security.jwt_leeway = leeway;
+        }
+        if let Some(ends) = args.jwt_expiry_ends_session {
+            security.jwt_expiry_ends_session = ends;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -614,6 +634,9 @@ impl Config {
                 "API key {}… is shorter than 16 characters",
                 key.key.chars().take(3).collect::<String>()
             ));
+        }
+        if self.security.jwt_leeway > 3_600_000 {
+            return invalid("jwt_leeway must be at most 3600000 ms (one hour)");
         }
         if self.timeout > 24 * 3_600_000 || self.max_interval > 24 * 3_600_000 {
             return invalid("timeout and max_interval must be at most 24 hours");
@@ -701,9 +724,16 @@ mod tests {
             "0123456789abcdef,fedcba9876543210",
             "--auth-token",
             "x",
+            "--jwt-leeway",
+            "5000",
+            "--jwt-expiry-ends-session",
         ])
         .expect("args");
         let config = Config::load(args).expect("config");
+        assert_eq!(config.security.jwt_leeway, 5_000);
+        assert!(config.security.jwt_expiry_ends_session);
+        assert_eq!(SecurityConfig::default().jwt_leeway, 30_000);
+        assert!(!SecurityConfig::default().jwt_expiry_ends_session);
         assert_eq!(config.api_keys.len(), 2);
         assert_eq!(config.api_keys[1].rights.len(), 3);
         assert_eq!(config.security.tokens, vec!["x".to_string()]);

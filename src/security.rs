@@ -6,13 +6,24 @@
 //! first rule matching the channel decides; for a subscription, every rule that could
 //! match a channel the subscription would receive is checked until one covers the whole
 //! subscription, so `/**` cannot be used to listen in on a protected channel.
+//!
+//! A JWT's `exp`, `nbf` and `iat` are checked here to the millisecond with the configured
+//! leeway (the library's checks work in whole seconds with a 60 s default). With
+//! `jwt_expiry_ends_session`, a session lives until its token's `exp` plus the leeway, and
+//! a client extends it by presenting a fresh token on [`REFRESH_CHANNEL`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::broker::{HandshakeRequest, HandshakeVerdict, SecurityPolicy, SessionInfo};
+use crate::broker::{
+    Broker, HandshakeRequest, HandshakeVerdict, SecurityPolicy, ServiceCall, ServiceReply,
+    SessionInfo,
+};
 use crate::config::{Access, ChannelRule, ConfigError, SecurityConfig};
 use crate::protocol::ChannelName;
 
@@ -24,7 +35,23 @@ pub struct ConfiguredPolicy {
     rs256: Option<DecodingKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, ms.
+    leeway_ms: u64,
+    expiry_ends_session: bool,
     rules: Vec<ChannelRule>,
+}
+
+/// Where a session bound to its token's expiry presents a fresh token (`{"token": JWT}`)
+/// to live on without a new handshake. A service channel rather than an `ext` on
+/// `/meta/connect`: the connect path, held by every parked client, stays untouched, and
+/// CometD's `remoteCall` gets an answer (the new expiry, or why the token was refused).
+pub const REFRESH_CHANNEL: &str = "/service/halley/refresh";
+
+/// Who a credential proved to be, and until when the credential holds.
+struct Authenticated {
+    identity: String,
+    /// A JWT's `exp` plus the leeway; `None` for a shared token.
+    valid_until: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for ConfiguredPolicy {
@@ -34,15 +61,56 @@ impl std::fmt::Debug for ConfiguredPolicy {
             .field("tokens", &self.tokens.len())
             .field("hs256", &self.hs256.is_some())
             .field("rs256", &self.rs256.is_some())
+            .field("leeway_ms", &self.leeway_ms)
+            .field("expiry_ends_session", &self.expiry_ends_session)
             .field("rules", &self.rules.len())
             .finish()
     }
 }
 
-/// The claims Halley reads from a JWT; `exp` is required and checked by the library.
+/// The claims Halley reads from a JWT. NumericDates are seconds and may have a fraction;
+/// a non-number fails decoding, so the token is refused.
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: Option<String>,
+    exp: f64,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+}
+
+impl Claims {
+    /// Checks the token's time window against `now_ms` (Unix ms): refused once `exp` has
+    /// passed, before `nbf`, or when issued (`iat`) in the future, each beyond the leeway
+    /// (RFC 7519 4.1.4, 4.1.5). Returns until when the token holds, leeway included.
+    fn check_times(&self, now_ms: f64, leeway_ms: u64) -> Result<Option<SystemTime>, String> {
+        let leeway = leeway_ms as f64;
+        let until_ms = self.exp * 1000.0 + leeway;
+        if now_ms >= until_ms {
+            return Err("JWT rejected: expired".into());
+        }
+        if self.nbf.is_some_and(|nbf| now_ms < nbf * 1000.0 - leeway) {
+            return Err("JWT rejected: not valid yet (nbf)".into());
+        }
+        if self.iat.is_some_and(|iat| now_ms < iat * 1000.0 - leeway) {
+            return Err("JWT rejected: issued in the future (iat)".into());
+        }
+        // An `exp` too far out for the clock binds nothing.
+        Ok(Duration::try_from_secs_f64(until_ms / 1000.0)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d)))
+    }
+}
+
+/// `at` in Unix milliseconds, as a session's expiry is told to clients.
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn unix_now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 impl ConfiguredPolicy {
@@ -77,8 +145,55 @@ impl ConfiguredPolicy {
             rs256,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
+            leeway_ms: config.jwt_leeway,
+            expiry_ends_session: config.jwt_expiry_ends_session,
             rules: config.channels.clone(),
         })
+    }
+
+    /// Makes this the broker's policy and, when sessions end with their tokens, serves
+    /// [`REFRESH_CHANNEL`] with it.
+    pub fn install(self, broker: &Broker) {
+        let policy = Arc::new(self);
+        if policy.expiry_ends_session {
+            let weak = broker.downgrade();
+            let judge = policy.clone();
+            // A literal, valid name: registration cannot fail.
+            let _ = broker.register_service(REFRESH_CHANNEL, move |call: &ServiceCall<'_>| {
+                let Some(broker) = weak.upgrade() else {
+                    return ServiceReply::Silent;
+                };
+                judge.refresh(&broker, call)
+            });
+        }
+        broker.set_policy(policy);
+    }
+
+    /// Answers a refresh: the fresh JWT must hold and name the session's identity.
+    fn refresh(&self, broker: &Broker, call: &ServiceCall<'_>) -> ServiceReply {
+        let data = call.data_value();
+        let refused = |why: String| {
+            tracing::info!(client_id = call.client_id, %why, "token refresh refused");
+            ServiceReply::Failure(json!({ "error": why }))
+        };
+        let Some(token) = data.get("token").and_then(Value::as_str) else {
+            return refused("no token in data.token".into());
+        };
+        let until = match self.authenticate(token) {
+            Ok(Authenticated {
+                identity,
+                valid_until: Some(until),
+            }) => broker
+                .extend_session(call.client_id, &identity, until)
+                .map(|()| until)
+                .map_err(|e| e.to_string()),
+            Ok(_) => Err("only a JWT can refresh a session".into()),
+            Err(why) => Err(why),
+        };
+        match until {
+            Ok(until) => ServiceReply::Answer(json!({ "expires": unix_ms(until) })),
+            Err(why) => refused(why),
+        }
     }
 
     /// Whether anything is configured at all; if not, the broker keeps its allow-all default.
@@ -86,14 +201,17 @@ impl ConfiguredPolicy {
         *config != SecurityConfig::default()
     }
 
-    /// Checks a credential: a shared token, else a JWT. Returns the identity.
-    fn authenticate(&self, credential: &str) -> Result<String, String> {
+    /// Checks a credential: a shared token, else a JWT.
+    fn authenticate(&self, credential: &str) -> Result<Authenticated, String> {
         if self
             .tokens
             .iter()
             .any(|t| bool::from(t.as_bytes().ct_eq(credential.as_bytes())))
         {
-            return Ok("token".to_string());
+            return Ok(Authenticated {
+                identity: "token".to_string(),
+                valid_until: None,
+            });
         }
         let header = jsonwebtoken::decode_header(credential)
             .map_err(|_| "credential is neither a known token nor a JWT".to_string())?;
@@ -104,6 +222,11 @@ impl ConfiguredPolicy {
         }
         .ok_or_else(|| format!("JWT algorithm {:?} is not accepted", header.alg))?;
         let mut validation = Validation::new(header.alg);
+        // The library requires `exp` to be there; its value, `nbf` and `iat` are checked
+        // by `Claims::check_times`, to the millisecond and with the stated leeway.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
         // jsonwebtoken checks iss/aud only when present; configured ones are required.
         let mut required = vec!["exp"];
         if let Some(issuer) = &self.issuer {
@@ -118,9 +241,14 @@ impl ConfiguredPolicy {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        let token = jsonwebtoken::decode::<Claims>(credential, key, &validation)
-            .map_err(|e| format!("JWT rejected: {e}"))?;
-        Ok(token.claims.sub.unwrap_or_else(|| "jwt".to_string()))
+        let claims = jsonwebtoken::decode::<Claims>(credential, key, &validation)
+            .map_err(|e| format!("JWT rejected: {e}"))?
+            .claims;
+        let valid_until = claims.check_times(unix_now_ms(), self.leeway_ms)?;
+        Ok(Authenticated {
+            identity: claims.sub.unwrap_or_else(|| "jwt".to_string()),
+            valid_until,
+        })
     }
 
     fn allows(access: Access, session: Option<&SessionInfo<'_>>) -> bool {
@@ -143,15 +271,27 @@ impl SecurityPolicy for ConfiguredPolicy {
     fn can_handshake(&self, request: &HandshakeRequest<'_>) -> HandshakeVerdict {
         match credential(request.ext) {
             Some(credential) => match self.authenticate(credential) {
-                Ok(identity) => HandshakeVerdict::Allow {
-                    identity: Some(identity),
-                    reply_ext: Some(json!({"auth": {"authenticated": true}})),
-                },
+                Ok(auth) => {
+                    let expires = auth.valid_until.filter(|_| self.expiry_ends_session);
+                    // A bound session is told when it ends, so it can refresh in time.
+                    let reply_ext = match expires {
+                        Some(at) => {
+                            json!({"auth": {"authenticated": true, "expires": unix_ms(at)}})
+                        }
+                        None => json!({"auth": {"authenticated": true}}),
+                    };
+                    HandshakeVerdict::Allow {
+                        identity: Some(auth.identity),
+                        reply_ext: Some(reply_ext),
+                        expires,
+                    }
+                }
                 Err(reason) => HandshakeVerdict::Deny { reason },
             },
             None if self.anonymous => HandshakeVerdict::Allow {
                 identity: None,
                 reply_ext: None,
+                expires: None,
             },
             None => HandshakeVerdict::Deny {
                 reason: "no credentials in ext.auth and anonymous sessions are off".into(),
@@ -286,6 +426,39 @@ mod tests {
             handshake(&rs256_not_configured, json!({"auth": {"token": token}})),
             HandshakeVerdict::Deny { .. }
         ));
+    }
+
+    #[test]
+    fn exp_nbf_and_iat_are_checked_to_the_millisecond_with_the_leeway() {
+        let claims = |exp: f64, nbf: Option<f64>, iat: Option<f64>| Claims {
+            sub: None,
+            exp,
+            nbf,
+            iat,
+        };
+        let now = 1_000_000_000.0;
+        let until = claims(1_000_000.0, None, None)
+            .check_times(now + 29_999.0, 30_000)
+            .expect("inside the leeway");
+        assert_eq!(unix_ms(until.expect("bounded")), 1_000_030_000);
+        assert!(
+            claims(1_000_000.0, None, None)
+                .check_times(now + 30_000.0, 30_000)
+                .is_err()
+        );
+        assert!(
+            claims(1_000_000.0, None, None)
+                .check_times(now + 1.0, 0)
+                .is_err()
+        );
+        let nbf = claims(2_000_000.0, Some(1_000_030.0), None);
+        assert!(nbf.check_times(now - 0.5, 30_000).is_err());
+        assert!(nbf.check_times(now, 30_000).is_ok());
+        let iat = claims(2_000_000.0, None, Some(1_000_010.0));
+        assert!(iat.check_times(now, 5_000).is_err());
+        assert!(iat.check_times(now, 10_000).is_ok());
+        // An exp past what the clock can hold binds nothing, and panics nowhere.
+        assert_eq!(claims(1e300, None, None).check_times(now, 0), Ok(None));
     }
 
     #[test]

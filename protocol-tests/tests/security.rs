@@ -1,7 +1,7 @@
 //! Handshake authentication (HS-7, HS-10; BAYEUX.md 6.5) with shared tokens and HS256/RS256 JWTs, and channel
 //! rules from the `[security]` table of a TOML config (contract "Update": subscribe/publish denials).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use halley_protocol_tests::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -449,4 +449,359 @@ async fn channel_rules_publish_nobody_refuses_clients_but_not_the_api() {
         data_on(&b.poll(&all).await, "/admin/logs"),
         vec![json!("from the backend")]
     );
+}
+
+// Issue 19: `nbf`, `iat`, the stated leeway, and a session bound to its token's expiry.
+
+/// Unix time in milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn alice(exp: i64) -> String {
+    hs256(SECRET.as_bytes(), json!({"sub": "alice", "exp": exp}))
+}
+
+#[tokio::test]
+async fn hs_7_attacker_tokens_are_refused_against_an_rs256_key() {
+    let public = fixture("jwt-rs256-public.pem");
+    let b = Broker::start(&["--anonymous", "false", "--jwt-rs256-public-key", &public]).await;
+    let exp = now() + 600;
+    let valid = rs256(json!({"sub": "carol", "exp": exp}));
+    let pem = std::fs::read(&public).unwrap();
+    let confused = hs256(&pem, json!({"sub": "mallory", "exp": exp}));
+    let claims = valid.split('.').nth(1).unwrap();
+    let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
+    let tampered = {
+        let parts: Vec<&str> = valid.split('.').collect();
+        let admin = rs256(json!({"sub": "admin", "exp": exp}));
+        // Carol's signature over the admin's claims.
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            admin.split('.').nth(1).unwrap(),
+            parts[2]
+        )
+    };
+    let no_exp = rs256(json!({"sub": "carol"}));
+    let string_exp = rs256(json!({"sub": "carol", "exp": exp.to_string()}));
+    for (what, token) in [
+        ("HS256 signed with the public key", confused),
+        ("alg none", unsigned),
+        ("tampered payload", tampered),
+        ("no exp", no_exp),
+        ("exp as a string", string_exp),
+    ] {
+        assert_denied(
+            &handshake_ext(&b, json!({"auth": {"token": token}})).await,
+            what,
+        );
+    }
+    assert_authenticated(
+        &handshake_ext(&b, json!({"auth": {"token": valid}})).await,
+        "valid RS256",
+    );
+}
+
+#[tokio::test]
+async fn hs_7_nbf_and_iat_in_the_future_are_refused_beyond_the_leeway() {
+    let b = Broker::start(&["--anonymous", "false", "--jwt-hs256-secret", SECRET]).await;
+    let exp = now() + 7200;
+    let token = |claims: Value| json!({"auth": {"token": hs256(SECRET.as_bytes(), claims)}});
+    for (what, claims) in [
+        (
+            "nbf in an hour",
+            json!({"sub": "a", "exp": exp, "nbf": now() + 3600}),
+        ),
+        (
+            "nbf 40 s ahead",
+            json!({"sub": "a", "exp": exp, "nbf": now() + 40}),
+        ),
+        (
+            "iat in an hour",
+            json!({"sub": "a", "exp": exp, "iat": now() + 3600}),
+        ),
+        (
+            "iat 40 s ahead",
+            json!({"sub": "a", "exp": exp, "iat": now() + 40}),
+        ),
+        (
+            "nbf as a string",
+            json!({"sub": "a", "exp": exp, "nbf": "0"}),
+        ),
+    ] {
+        assert_denied(&handshake_ext(&b, token(claims)).await, what);
+    }
+    // Within the 30 s default leeway, and in the past, they pass.
+    for (what, claims) in [
+        (
+            "nbf 20 s ahead",
+            json!({"sub": "a", "exp": exp, "nbf": now() + 20}),
+        ),
+        (
+            "iat 20 s ahead",
+            json!({"sub": "a", "exp": exp, "iat": now() + 20}),
+        ),
+        (
+            "nbf and iat past",
+            json!({"sub": "a", "exp": exp, "nbf": now() - 60, "iat": now() - 60}),
+        ),
+    ] {
+        assert_authenticated(&handshake_ext(&b, token(claims)).await, what);
+    }
+}
+
+#[tokio::test]
+async fn hs_7_expiry_is_checked_with_a_30_s_leeway_by_default() {
+    let b = Broker::start(&["--anonymous", "false", "--jwt-hs256-secret", SECRET]).await;
+    let inside = alice(now() - 20);
+    assert_authenticated(
+        &handshake_ext(&b, json!({"auth": {"token": inside}})).await,
+        "expired 20 s ago",
+    );
+    let outside = alice(now() - 40);
+    assert_denied(
+        &handshake_ext(&b, json!({"auth": {"token": outside}})).await,
+        "expired 40 s ago",
+    );
+}
+
+#[tokio::test]
+async fn hs_7_the_leeway_is_settable() {
+    let b = Broker::start(&[
+        "--anonymous",
+        "false",
+        "--jwt-hs256-secret",
+        SECRET,
+        "--jwt-leeway",
+        "5000",
+    ])
+    .await;
+    assert_authenticated(
+        &handshake_ext(&b, json!({"auth": {"token": alice(now() - 2)}})).await,
+        "expired 2 s ago, leeway 5 s",
+    );
+    assert_denied(
+        &handshake_ext(&b, json!({"auth": {"token": alice(now() - 8)}})).await,
+        "expired 8 s ago, leeway 5 s",
+    );
+    let nbf = hs256(
+        SECRET.as_bytes(),
+        json!({"sub": "a", "exp": now() + 600, "nbf": now() + 20}),
+    );
+    assert_denied(
+        &handshake_ext(&b, json!({"auth": {"token": nbf}})).await,
+        "nbf 20 s ahead, leeway 5 s",
+    );
+    let r = run_halley(
+        &["--listen", "127.0.0.1:0", "--jwt-leeway", "3600001"],
+        None,
+    )
+    .await;
+    assert!(!r.status.success(), "a leeway over an hour was accepted");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("jwt_leeway"),
+        "{r:?}"
+    );
+}
+
+/// A broker whose JWT sessions end with their tokens, with no leeway so the end is the `exp`.
+async fn bound_broker(sweep_interval: &str) -> Broker {
+    Broker::start(&[
+        "--anonymous",
+        "false",
+        "--jwt-hs256-secret",
+        SECRET,
+        "--auth-token",
+        TOKEN,
+        "--jwt-leeway",
+        "0",
+        "--jwt-expiry-ends-session",
+        "--sweep-interval",
+        sweep_interval,
+        "--timeout",
+        "20000",
+    ])
+    .await
+}
+
+/// An authenticated, connected session; returns its clientId and the expiry its handshake reply states.
+async fn bound_session(b: &Broker, token: &str) -> (String, Value) {
+    let r = handshake_ext(b, json!({"auth": {"token": token}})).await;
+    assert_eq!(r["successful"], true, "{r}");
+    assert_eq!(r["ext"]["auth"]["authenticated"], true, "{r}");
+    let cid = r["clientId"].as_str().unwrap().to_string();
+    assert_eq!(b.connect_now(&cid).await[0]["successful"], true);
+    (cid, r["ext"]["auth"]["expires"].clone())
+}
+
+fn assert_token_expired(msg: &Value) {
+    assert_eq!(msg["channel"], "/meta/connect", "{msg}");
+    assert_eq!(msg["successful"], false, "{msg}");
+    assert_eq!(msg["error"], "402::token_expired", "{msg}");
+    assert_eq!(msg["advice"]["reconnect"], "handshake", "{msg}");
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_tokens_expiry() {
+    let b = bound_broker("100").await;
+    let exp = now() + 3;
+    let (cid, expires) = bound_session(&b, &alice(exp)).await;
+    assert_eq!(
+        expires,
+        json!(exp * 1000),
+        "the handshake reply states the end"
+    );
+    b.subscribe(&cid, "/chat").await;
+    // A shared token has no expiry: its session is not bound.
+    let member = member(&b).await;
+
+    // The held connect is answered when the token expires, not at its 20 s timeout.
+    let held = spawn_timed({
+        let c = b.client();
+        let cid = cid.clone();
+        async move { c.connect(&cid).await }
+    });
+    let (msgs, answered) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held connect outlived the token")
+        .unwrap();
+    let at = now_ms() - answered.elapsed().as_millis() as i64;
+    assert!(
+        at >= exp * 1000 - 50,
+        "answered {} ms before the token's exp",
+        exp * 1000 - at
+    );
+    assert_token_expired(msgs.last().unwrap());
+
+    // The session is gone, its subscription with it.
+    assert_session_unknown(&b.connect_now(&cid).await[0], true);
+    let r = b
+        .batch(json!([{"id": "p", "channel": "/chat", "clientId": member, "data": 1}]))
+        .await;
+    assert_eq!(reply(&r, "p")["successful"], true, "{r:?}");
+    assert_eq!(b.poll(&member).await, Vec::<Value>::new());
+    // The shared-token session lives on; the expired token buys no new session.
+    assert_eq!(b.connect_now(&member).await[0]["successful"], true);
+    assert_denied(
+        &handshake_ext(&b, json!({"auth": {"token": alice(exp)}})).await,
+        "the expired token again",
+    );
+}
+
+#[tokio::test]
+async fn a_connect_after_the_tokens_expiry_is_told_before_the_sweeper_runs() {
+    // The sweeper would take a minute: the connect itself finds the token expired.
+    let b = bound_broker("60000").await;
+    let exp = now() + 2;
+    let (cid, _) = bound_session(&b, &alice(exp)).await;
+    let r = b
+        .batch(json!([{"id": "p", "channel": "/chat", "clientId": cid, "data": 1}]))
+        .await;
+    assert_eq!(reply(&r, "p")["successful"], true, "{r:?}");
+    while now_ms() < exp * 1000 + 100 {
+        sleep_ms(100).await;
+    }
+    assert_token_expired(&b.connect_now(&cid).await[0]);
+    // Anything else finds no session.
+    let r = b
+        .batch(json!([{"id": "p", "channel": "/chat", "clientId": cid, "data": 2}]))
+        .await;
+    assert_session_unknown(reply(&r, "p"), false);
+}
+
+/// Presents `token` on `/service/halley/refresh`; returns the service's answer.
+async fn refresh(b: &Broker, cid: &str, data: Value) -> Value {
+    let id = next_id("r");
+    let msgs = b
+        .batch(
+            json!([{"id": id, "channel": "/service/halley/refresh", "clientId": cid,
+                       "data": data}]),
+        )
+        .await;
+    assert_eq!(reply(&msgs, &id)["successful"], true, "{msgs:?}");
+    let answers: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["id"] == id.as_str() && m.get("data").is_some())
+        .collect();
+    assert_eq!(answers.len(), 1, "{msgs:?}");
+    answers[0].clone()
+}
+
+#[tokio::test]
+async fn a_refreshed_session_outlives_its_first_token() {
+    let b = bound_broker("100").await;
+    let exp = now() + 3;
+    let (cid, _) = bound_session(&b, &alice(exp)).await;
+    b.subscribe(&cid, "/chat").await;
+
+    // Tokens that must not extend it.
+    let bob = hs256(SECRET.as_bytes(), json!({"sub": "bob", "exp": now() + 600}));
+    for (what, data) in [
+        ("another identity", json!({"token": bob})),
+        ("an expired token", json!({"token": alice(now() - 10)})),
+        (
+            "a forged token",
+            json!({"token": hs256(b"not-the-secret-0123456789-abcdefgh", json!({"sub": "alice", "exp": now() + 600}))}),
+        ),
+        ("a shared token", json!({"token": TOKEN})),
+        ("no token", json!({})),
+    ] {
+        let answer = refresh(&b, &cid, data).await;
+        assert_eq!(answer["successful"], false, "{what}: {answer}");
+        assert!(answer["data"]["error"].is_string(), "{what}: {answer}");
+    }
+
+    let fresh_exp = now() + 600;
+    let answer = refresh(&b, &cid, json!({"token": alice(fresh_exp)})).await;
+    assert_eq!(answer["successful"], true, "{answer}");
+    assert_eq!(answer["data"], json!({"expires": fresh_exp * 1000}));
+
+    // Past the first token's expiry the session still holds its connect and its subscription.
+    let held = tokio::spawn({
+        let c = b.client();
+        let cid = cid.clone();
+        async move { c.connect(&cid).await }
+    });
+    while now_ms() < exp * 1000 + 1000 {
+        sleep_ms(100).await;
+    }
+    assert!(
+        !held.is_finished(),
+        "the refreshed session's connect was answered"
+    );
+    let other = member(&b).await;
+    b.publish(&other, "/chat", json!("still here")).await;
+    let msgs = tokio::time::timeout(PROMPT, held)
+        .await
+        .expect("held connect not released")
+        .unwrap();
+    assert_eq!(data_on(&msgs, "/chat"), vec![json!("still here")]);
+    assert_eq!(msgs.last().unwrap()["successful"], true, "{msgs:?}");
+}
+
+#[tokio::test]
+async fn without_the_flag_a_session_outlives_its_token() {
+    let b = Broker::start(&[
+        "--anonymous",
+        "false",
+        "--jwt-hs256-secret",
+        SECRET,
+        "--jwt-leeway",
+        "0",
+        "--sweep-interval",
+        "100",
+    ])
+    .await;
+    let exp = now() + 2;
+    let r = handshake_ext(&b, json!({"auth": {"token": alice(exp)}})).await;
+    let cid = assert_authenticated(&r, "bound by nothing");
+    assert_eq!(b.connect_now(&cid).await[0]["successful"], true);
+    while now_ms() < exp * 1000 + 600 {
+        sleep_ms(100).await;
+        assert_eq!(b.connect_now(&cid).await[0]["successful"], true);
+    }
 }

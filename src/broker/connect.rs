@@ -39,7 +39,7 @@ impl Ending {
         match removal {
             None => Ending::Open,
             Some(Removal::Disconnected | Removal::Kicked) => Ending::Stop,
-            Some(Removal::Expired | Removal::Overflow) => Ending::Gone,
+            Some(Removal::Expired | Removal::Overflow | Removal::TokenExpired) => Ending::Gone,
         }
     }
 }
@@ -167,8 +167,8 @@ impl Broker {
     /// delivery over from a held connect of the session, marks the session connected and
     /// applies its acknowledgement. `Ok(true)`: this is the session's first connect.
     fn open_connect(&self, state: &mut SessionState, message: &Message) -> Result<bool, Bytes> {
-        if state.removed.is_some() {
-            let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
+        if let Some(removal) = state.removed {
+            let mut reply = Reply::failed(message, removal.error());
             reply.advice = Some(Advice::HANDSHAKE);
             return Err(reply.encode());
         }
@@ -286,7 +286,11 @@ impl Broker {
             // the next connect finds nobody listening.
             Ending::Drain => reply.advice = Some(Advice::retry(config.interval, config.timeout)),
             Ending::Gone => {
-                reply.fail(BayeuxError::SessionUnknown);
+                reply.fail(
+                    state
+                        .removed
+                        .map_or(BayeuxError::SessionUnknown, Removal::error),
+                );
                 reply.advice = Some(Advice::HANDSHAKE);
             }
         }

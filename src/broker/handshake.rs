@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::extensions::{self, AckState};
-use super::session::{Session, SessionState};
+use super::session::{Identity, Session, SessionState};
 use super::{
     Broker, HandshakeRequest, HandshakeVerdict, ReplyBatch, RequestContext, SessionEvent, read,
     write,
@@ -71,11 +71,12 @@ impl Broker {
             ext: ext.as_ref(),
             browser_id: ctx.browser_id.as_deref(),
         });
-        let (identity, reply_ext) = match verdict {
+        let (identity, reply_ext, expires) = match verdict {
             HandshakeVerdict::Allow {
                 identity,
                 reply_ext,
-            } => (identity, reply_ext),
+                expires,
+            } => (identity, reply_ext, expires),
             HandshakeVerdict::Deny { reason } => {
                 tracing::info!(%reason, "handshake denied");
                 reply.fail(BayeuxError::HandshakeDenied);
@@ -85,9 +86,12 @@ impl Broker {
         };
         // Ack sessions get deliveries only on connect replies, in numbered batches.
         let ack = config.ack_extension && extensions::wants_ack(message);
+        // An expiry binds an authenticated session only: there is nobody to refresh it for
+        // an anonymous one.
+        let identity = identity.map(|name| Identity::new(&name, expires.map(|t| self.at_ms(t))));
         let session = self.open_session(
             ctx.browser_id.as_deref(),
-            identity.as_deref(),
+            identity,
             config.connect_only_delivery,
             self.now_ms() + config.interval + config.max_interval,
             |state| {
@@ -120,7 +124,7 @@ impl Broker {
     pub(super) fn open_session(
         &self,
         browser_id: Option<&str>,
-        identity: Option<&str>,
+        identity: Option<Box<Identity>>,
         connect_only: bool,
         deadline: u64,
         setup: impl FnOnce(&mut SessionState),
@@ -132,7 +136,7 @@ impl Broker {
             key,
             client_id.clone(),
             browser_id.map(Into::into),
-            identity.map(Into::into),
+            identity,
             self.shared.config.max_queue,
             connect_only,
             deadline,

@@ -5,14 +5,38 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::outbox::Wake;
 use super::session::Session;
 use super::{Broker, Removal, SessionEvent, Shared, read, write};
 use crate::engine::Interest;
-use crate::protocol::ChannelName;
 use crate::protocol::message::server_disconnect;
+use crate::protocol::{BayeuxError, ChannelName};
+
+/// Why [`Broker::extend_session`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExtendError {
+    /// No such live session.
+    #[error("no such session")]
+    UnknownSession,
+    /// The session was authenticated as someone else (or not at all).
+    #[error("the session belongs to another identity")]
+    OtherIdentity,
+    /// The session has no expiry to move: its handshake did not bind one.
+    #[error("the session is not bound to a token expiry")]
+    NotBound,
+}
+
+impl Removal {
+    /// The error a connect of a session removed this way gets with its `handshake` advice.
+    pub(super) fn error(self) -> BayeuxError {
+        match self {
+            Removal::TokenExpired => BayeuxError::TokenExpired,
+            _ => BayeuxError::SessionUnknown,
+        }
+    }
+}
 
 impl Broker {
     /// Removes the session `client_id` from the server side: its held connect is answered
@@ -23,21 +47,60 @@ impl Broker {
         session.is_some_and(|s| self.remove_session(&s, Removal::Kicked))
     }
 
-    /// Removes every session whose deadline has passed, and finishes the removal of
-    /// sessions whose queue overflowed. Returns how many.
+    /// Removes every session whose deadline or token expiry has passed, and finishes the
+    /// removal of sessions whose queue overflowed. Returns how many.
     pub fn sweep(&self) -> usize {
         let overflowed = self.finish_pending_removals();
         let now = self.now_ms();
         let expired: Vec<Arc<Session>> = read(&self.shared.sessions)
             .values()
-            .filter(|s| s.deadline() <= now)
+            .filter(|s| s.deadline() <= now || s.expires() <= now)
             .cloned()
             .collect();
-        overflowed
-            + expired
-                .iter()
-                .filter(|s| self.remove_session(s, Removal::Expired))
-                .count()
+        let removed = expired
+            .iter()
+            .filter(|s| {
+                let why = if s.expires() <= now {
+                    Removal::TokenExpired
+                } else {
+                    Removal::Expired
+                };
+                self.remove_session(s, why)
+            })
+            .count();
+        overflowed + removed
+    }
+
+    /// Moves the expiry of session `client_id`, authenticated as `identity`, to `until`:
+    /// a client presenting a fresh token keeps its session without a new handshake.
+    pub fn extend_session(
+        &self,
+        client_id: &str,
+        identity: &str,
+        until: SystemTime,
+    ) -> Result<(), ExtendError> {
+        let session = read(&self.shared.sessions).get(client_id).cloned();
+        let session = session.ok_or(ExtendError::UnknownSession)?;
+        if session.info().identity != Some(identity) {
+            return Err(ExtendError::OtherIdentity);
+        }
+        if session.expires() == u64::MAX {
+            return Err(ExtendError::NotBound);
+        }
+        // Under the lock, so it cannot race the sweeper's removal re-check.
+        let state = session.lock();
+        if state.removed.is_some() {
+            return Err(ExtendError::UnknownSession);
+        }
+        session.set_expires(self.at_ms(until));
+        drop(state);
+        Ok(())
+    }
+
+    /// Ends `session` if its token expired: true if it is (now) removed for that.
+    pub(super) fn end_expired_token(&self, session: &Arc<Session>) -> bool {
+        self.remove_session(session, Removal::TokenExpired)
+            || session.lock().removed == Some(Removal::TokenExpired)
     }
 
     /// Starts the one background task that expires sessions. It stops when every
@@ -76,7 +139,7 @@ impl Broker {
     }
 
     /// Removes a session for good. Returns false if it was already gone (or, for expiry,
-    /// has been revived by a connect since the sweeper looked).
+    /// has been revived by a connect or a refresh since the sweeper looked).
     pub(super) fn remove_session(&self, session: &Arc<Session>, why: Removal) -> bool {
         match self.end_session(session, why) {
             Some(subscriptions) => {
@@ -123,9 +186,12 @@ impl Broker {
     /// expiry, has been revived by a connect since the sweeper looked).
     fn end_session(&self, session: &Session, why: Removal) -> Option<HashSet<Box<str>>> {
         let mut state = session.lock();
-        if state.removed.is_some()
-            || (why == Removal::Expired && session.deadline() > self.now_ms())
-        {
+        let revived = match why {
+            Removal::Expired => session.deadline() > self.now_ms(),
+            Removal::TokenExpired => session.expires() > self.now_ms(),
+            _ => false,
+        };
+        if state.removed.is_some() || revived {
             return None;
         }
         state.removed = Some(why);

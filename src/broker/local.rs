@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::outbox::{Attachment, Wake};
-use super::session::Session;
+use super::session::{Identity, Session};
 use super::{Broker, Removal};
 use crate::protocol::{BayeuxError, Message};
 
@@ -31,7 +31,8 @@ impl Broker {
     /// Opens an in-process session. `identity` is what the security policy sees for it
     /// (`None`: anonymous). Handshake policy does not apply: the process trusts itself.
     pub fn open_local_session(&self, identity: Option<&str>) -> LocalSession {
-        // Deadline `u64::MAX`: the sweeper never expires it.
+        let identity = identity.map(|name| Identity::new(name, None));
+        // Deadline `u64::MAX` and no expiry: the sweeper never expires it.
         let session = self.open_session(None, identity, false, u64::MAX, |state| {
             state.connected = true;
         });

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use lifecycle::ExtendError;
 pub use local::LocalSession;
 pub use policy::{
     AllowAll, HandshakeRequest, HandshakeVerdict, MessageHook, SecurityPolicy, SessionInfo,
@@ -135,6 +136,8 @@ pub enum Removal {
     Kicked,
     /// Its queue overflowed under the `disconnect` policy.
     Overflow,
+    /// The security policy bound it to an expiry (a JWT's) that passed unrefreshed.
+    TokenExpired,
 }
 
 /// Something that happened to a session, for listeners registered with
@@ -398,11 +401,20 @@ impl Broker {
             .first()
             .and_then(|m| m.client_id.as_deref())
             .and_then(|id| self.find_session(id, ctx));
+        // A session whose token expired ends before it acts again; a lone connect is told
+        // why (`open_connect`), anything else finds no session.
+        // Unbound sessions (`u64::MAX`) skip the clock read.
+        let token_expired = session.as_ref().is_some_and(|s| {
+            let expires = s.expires();
+            expires != u64::MAX && expires <= self.now_ms() && self.end_expired_token(s)
+        });
         let deleted = self.run_incoming(batch, session.as_deref());
         // A lone message may be a connect held for the whole timeout: no spare capacity.
         if batch.len() == 1 {
             batch.shrink_to_fit();
         }
+        let session =
+            session.filter(|s| !token_expired || lone_connect(batch, Some(s), &deleted).is_some());
         Ok((session, deleted))
     }
 
@@ -417,6 +429,15 @@ impl Broker {
 
     fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `at` on the broker's millisecond clock (now, if it has passed), so a wall-clock
+    /// expiry can be compared with deadlines; `u64::MAX` stays free to mean never.
+    fn at_ms(&self, at: std::time::SystemTime) -> u64 {
+        let ahead = at
+            .duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.now_ms().saturating_add(ahead).min(u64::MAX - 1)
     }
 
     fn now_us(&self) -> u64 {

@@ -7,6 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::Value;
 
@@ -49,6 +50,10 @@ pub enum HandshakeVerdict {
         identity: Option<String>,
         /// An `ext` object for the handshake reply (clients expose it to the app).
         reply_ext: Option<Value>,
+        /// When the session must end whether or not it polls, e.g. when the token it was
+        /// authenticated with expires; `None`: it lives as long as it polls. A refresh
+        /// ([`Broker::extend_session`]) can move it later.
+        expires: Option<SystemTime>,
     },
     /// Refuse: `403::Handshake denied` with `reconnect: none`.
     Deny {
@@ -65,6 +70,7 @@ pub trait SecurityPolicy: Send + Sync + 'static {
         HandshakeVerdict::Allow {
             identity: None,
             reply_ext: None,
+            expires: None,
         }
     }
 
@@ -79,6 +85,22 @@ pub trait SecurityPolicy: Send + Sync + 'static {
     fn can_publish(&self, session: Option<&SessionInfo<'_>>, channel: &ChannelName<'_>) -> bool {
         let _ = (session, channel);
         true
+    }
+}
+
+/// A shared policy is a policy, so that a service handler (a token refresh) can judge
+/// credentials with the very policy the broker uses.
+impl<P: SecurityPolicy> SecurityPolicy for Arc<P> {
+    fn can_handshake(&self, request: &HandshakeRequest<'_>) -> HandshakeVerdict {
+        (**self).can_handshake(request)
+    }
+
+    fn can_subscribe(&self, session: &SessionInfo<'_>, channel: &ChannelName<'_>) -> bool {
+        (**self).can_subscribe(session, channel)
+    }
+
+    fn can_publish(&self, session: Option<&SessionInfo<'_>>, channel: &ChannelName<'_>) -> bool {
+        (**self).can_publish(session, channel)
     }
 }
 

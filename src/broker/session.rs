@@ -35,6 +35,28 @@ pub(crate) struct SessionState {
     pub delivered_at: Option<NonZeroU64>,
 }
 
+/// Who the security policy authenticated, and until when the session may live.
+///
+/// Boxed in the session, so an anonymous session (most of them, on public deployments)
+/// pays one null pointer, less than the `Option<Box<str>>` it replaces.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    name: Box<str>,
+    /// When the session ends whatever it does, in broker milliseconds (a token's expiry);
+    /// `u64::MAX` for never. Atomic: a refresh moves it while the sweeper reads it.
+    expires: AtomicU64,
+}
+
+impl Identity {
+    /// An identity; `expires` in broker milliseconds, `None` for never.
+    pub fn new(name: &str, expires: Option<u64>) -> Box<Identity> {
+        Box::new(Identity {
+            name: name.into(),
+            expires: AtomicU64::new(expires.unwrap_or(u64::MAX)),
+        })
+    }
+}
+
 /// One client session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -45,7 +67,7 @@ pub(crate) struct Session {
     /// The `BAYEUX_BROWSER` id the session was created under, if any.
     pub browser_id: Option<Box<str>>,
     /// Who the security policy authenticated at handshake; `None` for anonymous.
-    pub identity: Option<Box<str>>,
+    identity: Option<Box<Identity>>,
     /// When the sweeper may remove the session, in broker milliseconds; `u64::MAX` while a
     /// connect is held. Atomic so the sweeper scans without taking the session lock.
     deadline: AtomicU64,
@@ -57,7 +79,7 @@ impl Session {
         key: SubscriberKey,
         client_id: Box<str>,
         browser_id: Option<Box<str>>,
-        identity: Option<Box<str>>,
+        identity: Option<Box<Identity>>,
         capacity: usize,
         connect_only: bool,
         deadline: u64,
@@ -92,7 +114,23 @@ impl Session {
     pub fn info(&self) -> SessionInfo<'_> {
         SessionInfo {
             client_id: &self.client_id,
-            identity: self.identity.as_deref(),
+            identity: self.identity.as_deref().map(|i| &*i.name),
+        }
+    }
+
+    /// When the session ends whatever it does (its token's expiry), in broker
+    /// milliseconds; `u64::MAX` for never.
+    pub fn expires(&self) -> u64 {
+        self.identity
+            .as_deref()
+            .map_or(u64::MAX, |i| i.expires.load(Ordering::Relaxed))
+    }
+
+    /// Moves [`Session::expires`] (a refreshed token); a session without an identity has
+    /// nothing to move.
+    pub fn set_expires(&self, at: u64) {
+        if let Some(identity) = self.identity.as_deref() {
+            identity.expires.store(at, Ordering::Relaxed);
         }
     }
 

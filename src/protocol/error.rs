@@ -16,6 +16,10 @@ pub enum BayeuxError {
     /// Unknown, expired or disconnected session, or a clientId that differs within a batch.
     #[error("402::session_unknown")]
     SessionUnknown,
+    /// The session ended because the token it was authenticated with expired; the client
+    /// should handshake again with a fresh one.
+    #[error("402::token_expired")]
+    TokenExpired,
     /// A subscribe or unsubscribe without `subscription`.
     #[error("403::subscription_missing")]
     SubscriptionMissing,

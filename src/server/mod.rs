@@ -78,7 +78,7 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
     let connection_types = transport::connection_types(&config);
     let broker = Broker::with_engine(config, &connection_types, engine);
     if let Some(policy) = policy {
-        broker.set_policy(policy);
+        policy.install(&broker);
     }
     if demo {
         demo::install(&broker);

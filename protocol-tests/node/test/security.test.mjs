@@ -1,6 +1,7 @@
 // Security with real clients: channel rules from a TOML config (CometD JS denied a channel), handshake
 // credentials (shared token, HS256 JWT) sent by CometD JS in the handshake ext and by Faye through an
-// outgoing extension.
+// outgoing extension; a session ended by its JWT's expiry (--jwt-expiry-ends-session), re-handshaken by
+// CometD JS with a fresh token, and one kept alive by a refresh on /service/halley/refresh.
 import {describe, it, before, after} from "node:test";
 import assert from "node:assert/strict";
 import {createHmac} from "node:crypto";
@@ -316,4 +317,128 @@ describe("Faye with a handshake token in an outgoing extension (--anonymous fals
             assert.equal(subscribed, false);
         });
     });
+});
+
+describe("JWT expiry ends the session (--jwt-expiry-ends-session) with CometD JS", () => {
+    let broker;
+
+    before(async () => {
+        broker = await startBroker(["--timeout", "5000", "--jwt-hs256-secret", JWT_SECRET, "--anonymous", "false",
+            "--jwt-expiry-ends-session", "--jwt-leeway", "0", "--sweep-interval", "100", "--api-key", API_KEY]);
+    });
+
+    after(async () => {
+        if (broker) await broker.stop();
+    });
+
+    // The page's token endpoint: the first token lives 2 s, later ones 10 minutes.
+    function tokenIssuer(sub) {
+        const issued = [];
+        return {
+            issued,
+            fetchToken: async () => {
+                await sleep(50);
+                const exp = nowSeconds() + (issued.length === 0 ? 2 : 600);
+                const token = signHs256({sub, iat: nowSeconds(), exp}, JWT_SECRET);
+                issued.push({token, exp});
+                return token;
+            },
+        };
+    }
+
+    it("a session ends with its token; the page re-handshakes with a fresh token and gets its subscriptions back",
+        async () => {
+            await scenario(broker, async pool => {
+                const c = pool.cometd(broker.url, {name: "jwt-rehandshake"});
+                const issuer = tokenIssuer("dora");
+                const chat = new Inbox("jwt /chat/room");
+                const channel = `/chat/${nonce("room")}`;
+                // The README's pattern: an extension puts the page's current token on every handshake, the
+                // /meta/handshake listener subscribes (again) on success, and on a refusal (the automatic
+                // re-handshake carried the expired token) fetches a fresh token and handshakes again.
+                let token = await issuer.fetchToken();
+                c.cometd.registerExtension("auth", {
+                    outgoing(message) {
+                        if (message.channel === "/meta/handshake") message.ext = {...message.ext, auth: {token}};
+                        return message;
+                    },
+                });
+                const subscribed = [];
+                c.cometd.addListener("/meta/handshake", reply => {
+                    if (reply.successful) {
+                        c.cometd.subscribe(channel, chat.push, r => subscribed.push(r));
+                    } else if (reply.error === "403::Handshake denied") {
+                        issuer.fetchToken().then(fresh => {
+                            token = fresh;
+                            c.cometd.handshake();
+                        });
+                    }
+                });
+                c.cometd.handshake();
+                await waitUntil(() => subscribed.length === 1, 5000, "the first subscription");
+                assert.equal(subscribed[0].successful, true, JSON.stringify(subscribed[0]));
+                const first = receivedOn(c, "/meta/handshake")[0];
+                assert.equal(first.ext?.auth?.expires, issuer.issued[0].exp * 1000, JSON.stringify(first));
+
+                const before = {text: "before expiry", id: nonce()};
+                assert.deepEqual((await apiPublish(broker, {channel, data: before})).body, {channel, queued: 1});
+                await chat.waitFor(1);
+
+                // The held connect is answered when the 2 s token expires.
+                const ended = await waitUntil(() => receivedOn(c, "/meta/connect").find(m => m.successful === false),
+                    6000, "the connect ended by the token's expiry");
+                assert.equal(ended.error, "402::token_expired", JSON.stringify(ended));
+                assert.equal(ended.advice?.reconnect, "handshake", JSON.stringify(ended));
+
+                // Re-handshaken with a fresh token, subscribed again.
+                await waitUntil(() => subscribed.length === 2, 8000, "the subscription after the re-handshake");
+                assert.equal(subscribed[1].successful, true, JSON.stringify(subscribed[1]));
+                const handshakes = receivedOn(c, "/meta/handshake");
+                const successes = handshakes.filter(m => m.successful);
+                assert.equal(successes.length, 2, JSON.stringify(handshakes));
+                assert.notEqual(successes[1].clientId, successes[0].clientId);
+                const lastSent = sentOn(c, "/meta/handshake").at(-1);
+                assert.equal(lastSent.ext?.auth?.token, issuer.issued.at(-1).token, "the last handshake had the fresh token");
+                assert.equal(issuer.issued.length, 2, "one fresh token was fetched");
+
+                const after = {text: "after re-handshake", id: nonce()};
+                assert.deepEqual((await apiPublish(broker, {channel, data: after})).body, {channel, queued: 1});
+                await chat.waitFor(2);
+                await sleep(QUIET_MS);
+                assert.deepEqual(chat.data, [before, after]);
+                await cometdConnected(c);
+                assert.equal(c.cometd.getStatus(), "connected");
+            });
+        });
+
+    it("a fresh token on /service/halley/refresh (remoteCall) keeps the session past the first token's expiry",
+        async () => {
+            await scenario(broker, async pool => {
+                const c = pool.cometd(broker.url, {name: "jwt-refresh"});
+                const issuer = tokenIssuer("erin");
+                const reply = await handshakeWith(c, {ext: {auth: {token: await issuer.fetchToken()}}});
+                assert.equal(reply.successful, true, JSON.stringify(reply));
+                await cometdConnected(c);
+                const chat = new Inbox("refresh /chat");
+                const channel = `/chat/${nonce("refresh")}`;
+                await cometdSubscribe(c, channel, chat.push);
+
+                const fresh = await issuer.fetchToken();
+                const answer = await withTimeout(new Promise(resolve => {
+                    c.cometd.remoteCall("/halley/refresh", {token: fresh}, 5000, resolve);
+                }), 6000, "remoteCall /halley/refresh");
+                assert.equal(answer.successful, true, JSON.stringify(answer));
+                assert.deepEqual(answer.data, {expires: issuer.issued[1].exp * 1000});
+
+                // Well past the first token's expiry: the same session, still subscribed.
+                const firstEnd = issuer.issued[0].exp * 1000;
+                await sleep(Math.max(0, firstEnd - Date.now()) + 1500);
+                const data = {text: "after the first expiry", id: nonce()};
+                assert.deepEqual((await apiPublish(broker, {channel, data})).body, {channel, queued: 1});
+                await chat.waitFor(1);
+                assert.equal(sentOn(c, "/meta/handshake").length, 1, "no re-handshake");
+                assert.equal(receivedOn(c, "/meta/connect").filter(m => m.successful === false).length, 0);
+                assert.equal(c.cometd.getClientId(), reply.clientId);
+            });
+        });
 });

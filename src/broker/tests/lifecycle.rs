@@ -112,3 +112,70 @@ async fn shutdown_answers_held_connects_and_refuses_handshakes() {
     assert_eq!(reply[0]["successful"], false);
     assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
 }
+/// Authenticates `ext.user`, bound to an expiry `ext.ttl` ms away when there is one.
+struct Expiring;
+impl SecurityPolicy for Expiring {
+    fn can_handshake(&self, request: &HandshakeRequest<'_>) -> HandshakeVerdict {
+        let ext = request.ext.cloned().unwrap_or(Value::Null);
+        HandshakeVerdict::Allow {
+            identity: ext["user"].as_str().map(str::to_string),
+            reply_ext: None,
+            expires: ext["ttl"]
+                .as_u64()
+                .map(|ms| std::time::SystemTime::now() + Duration::from_millis(ms)),
+        }
+    }
+}
+async fn expiring_session(broker: &Broker, ext: Value) -> String {
+    let reply = send(
+        broker,
+        json!([{"id": "1", "channel": "/meta/handshake", "ext": ext}]),
+    )
+    .await;
+    let id = reply[0]["clientId"].as_str().expect("clientId").to_string();
+    assert_eq!(send(broker, connect(&id, "2")).await[0]["successful"], true);
+    id
+}
+#[tokio::test(start_paused = true)]
+async fn an_expiry_set_by_the_policy_ends_even_a_held_session_unless_extended() {
+    let broker = broker();
+    broker.set_policy(Expiring);
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let seen = closed.clone();
+    broker.on_session_event(move |event| {
+        if let SessionEvent::Closed { reason, .. } = event {
+            seen.lock().expect("lock").push(*reason);
+        }
+    });
+    let alice = expiring_session(&broker, json!({"user": "alice", "ttl": 1_000})).await;
+    let bob = expiring_session(&broker, json!({"user": "bob", "ttl": 1_000})).await;
+    let carol = expiring_session(&broker, json!({"user": "carol"})).await;
+    let held = held_connect(&broker, &alice, "h");
+    settle().await;
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let later = std::time::SystemTime::now() + Duration::from_millis(1_000);
+    assert_eq!(
+        broker.extend_session(&bob, "alice", later),
+        Err(ExtendError::OtherIdentity)
+    );
+    assert_eq!(
+        broker.extend_session(&carol, "carol", later),
+        Err(ExtendError::NotBound)
+    );
+    assert_eq!(
+        broker.extend_session("nobody", "bob", later),
+        Err(ExtendError::UnknownSession)
+    );
+    assert_eq!(broker.extend_session(&bob, "bob", later), Ok(()));
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(broker.sweep(), 1, "alice's expiry passed; bob's moved");
+    let reply = held.await.expect("task");
+    assert_eq!(reply[0]["error"], "402::token_expired", "{reply:?}");
+    assert_eq!(reply[0]["advice"]["reconnect"], "handshake");
+    assert_eq!(*closed.lock().expect("lock"), vec![Removal::TokenExpired]);
+    // Past bob's new expiry, his next message ends him before the sweeper does.
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let reply = send(&broker, connect(&bob, "c")).await;
+    assert_eq!(reply[0]["error"], "402::token_expired", "{reply:?}");
+    assert_eq!(broker.stats().sessions, 1, "carol is not bound");
+}

@@ -17,6 +17,7 @@ impl SecurityPolicy for TestPolicy {
             user => HandshakeVerdict::Allow {
                 identity: user.map(str::to_string),
                 reply_ext: Some(json!({"welcome": user})),
+                expires: None,
             },
         }
     }
