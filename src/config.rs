@@ -103,6 +103,10 @@ pub enum ApiRight {
     Stats,
     /// `POST /api/disconnect`.
     Disconnect,
+    /// `GET /metrics` on the main listener (Prometheus).
+    Metrics,
+    /// The read-only admin page (`/admin`, `GET /api/admin/snapshot`).
+    Admin,
 }
 
 /// A key for the backend HTTP API and what it grants.
@@ -118,7 +122,13 @@ pub struct ApiKey {
 
 impl ApiKey {
     fn all_rights() -> Vec<ApiRight> {
-        vec![ApiRight::Publish, ApiRight::Stats, ApiRight::Disconnect]
+        vec![
+            ApiRight::Publish,
+            ApiRight::Stats,
+            ApiRight::Disconnect,
+            ApiRight::Metrics,
+            ApiRight::Admin,
+        ]
     }
 
     /// A key with every right.
@@ -128,6 +138,17 @@ impl ApiKey {
             rights: Self::all_rights(),
         }
     }
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers (Loki, Elasticsearch, CloudWatch).
+    Json,
 }
 
 /// Every setting of the broker and its HTTP server.
@@ -206,6 +227,11 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// A second listener serving only `GET /metrics`, without a key, for scrapers on a
+    /// private network; none when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -243,6 +269,8 @@ impl Default for Config {
             api_keys: Vec::new(),
             security: SecurityConfig::default(),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_listen: None,
         }
     }
 }
@@ -411,6 +439,13 @@ pub struct Args {
     /// Log level or tracing filter directive [default: info].
     #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log line format: text, or one JSON object per line [default: text].
+    #[arg(long, env = "HALLEY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Also serve GET /metrics, without a key, on this address (e.g. 127.0.0.1:9090)
+    /// [default: off].
+    #[arg(long, env = "HALLEY_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -460,8 +495,12 @@ impl Config {
             max_sessions,
             max_handshakes_per_second,
             busy_interval,
-            log_level
+            log_level,
+            log_format
         );
+        if args.metrics_listen.is_some() {
+            config.metrics_listen = args.metrics_listen;
+        }
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;
         }
@@ -633,7 +672,7 @@ mod tests {
         .expect("args");
         let config = Config::load(args).expect("config");
         assert_eq!(config.api_keys.len(), 2);
-        assert_eq!(config.api_keys[1].rights.len(), 3);
+        assert_eq!(config.api_keys[1].rights.len(), 5);
         assert_eq!(config.security.tokens, vec!["x".to_string()]);
         let args = Args::try_parse_from(["halley", "--api-key", "short"]).expect("args");
         assert!(Config::load(args).is_err());
