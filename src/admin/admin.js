@@ -44,6 +44,7 @@
     }
   }
 
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
   const fmt = (x) => (Math.round(x * 10) / 10).toLocaleString();
 
   function chart(id, series, data) {
@@ -52,8 +53,10 @@
     if (!state.charts[id]) {
       const opts = {
         width, height: 200,
-        series: [{}].concat(series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: false }))),
-        axes: [{}, { size: 60 }],
+        series: [{ value: (u, v) => (v == null ? "–" : clock(v)) }].concat(series.map(([label, stroke, dash]) =>
+          ({ label, stroke, width: 2, dash, spanGaps: false, points: { show: false } }))),
+        axes: [{ space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600], values: (u, vals) => vals.map(clock) },
+          { size: 60 }],
         legend: { live: false },
       };
       state.charts[id] = new uPlot(opts, data, el);
@@ -69,16 +72,25 @@
     fill($("nodes"), ["node", "version", "uptime s", "sessions", "subscriptions", "held connects", "websockets"],
       snap.nodes.map((n) => [n.id, n.version, n.uptime_secs, n.sessions, n.subscriptions, n.held_connects, n.open_websockets]),
       "no nodes");
+    const byTransport = node.sessions_by_transport.reduce((n, [, c]) => n + c, 0);
     fill($("transports"), ["transport", "sessions"],
-      [["all", node.sessions]].concat(node.sessions_by_transport), "");
+      [["all", node.sessions]].concat(byTransport > 0 || node.sessions === 0 ? node.sessions_by_transport : []),
+      "");
+    if (byTransport === 0 && node.sessions > 0) {
+      fill($("transports"), ["transport", "sessions"], [["all", node.sessions]], "");
+      const note = document.createElement("tr");
+      note.innerHTML = '<td colspan="2" class="empty">per-transport counts not reported by this broker version</td>';
+      $("transports").appendChild(note);
+    }
     fill($("channels"), ["channel", "subscribers"],
       node.busiest_channels.map((c) => [c.channel, c.subscribers]),
       "not reported by this broker version");
     fill($("drops"), ["reason", "since start"], node.drops_by_reason, "");
     fill($("refusals"), ["reason", "since start"], node.refusals_by_reason, "");
     const h = node.history;
-    chart("chart-rates", [["published", "#3559e0"], ["delivered", "#12b76a"]], [h.t, h.publish_rate, h.delivery_rate]);
+    chart("chart-rates", [["published", "#3559e0"], ["delivered", "#12b76a", [6, 4]]], [h.t, h.publish_rate, h.delivery_rate]);
     chart("chart-latency", [["p99 ms", "#f79009"]], [h.t, h.p99_latency_ms]);
+    $("latency-note").hidden = h.p99_latency_ms.some((v) => v != null);
     chart("chart-losses", [["drops", "#d92d20"], ["refusals", "#7a5af8"]], [h.t, h.drop_rate, h.refusal_rate]);
     const n = h.t.length;
     setStatus(`${node.id}: ${node.sessions} sessions, ${fmt(n ? h.publish_rate[n - 1] : 0)} publishes/s, ` +
