@@ -16,7 +16,8 @@ from html import escape
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import HALLEYS, NAMES, PEERS, get, median  # noqa: E402
 
-COLORS = {"halley": "#3559e0", "halley-di50": "#7a9bff", "faye": "#f79009", "cometd": "#12b76a"}
+COLORS = {"halley": "#3559e0", "halley-di50": "#7a9bff", "faye": "#f79009", "cometd": "#12b76a",
+          "halley-base": "#98a2b3"}
 WIDTH = 960
 LEFT = 230  # room for the case and server names
 RIGHT = 110  # room for the value labels

@@ -8,12 +8,15 @@ import sys
 from collections import OrderedDict
 
 HALLEYS = ["halley", "halley-di50"]
-PEERS = ["faye", "cometd"]
+# halley-base (another Halley build, only when asked for) counts as a peer: the ratio is
+# then what this build costs or gains against it.
+PEERS = ["faye", "cometd", "halley-base"]
 NAMES = {
     "halley": "Halley",
     "halley-di50": "Halley `--delivery-interval 50`",
     "faye": "Faye 1.4.3",
     "cometd": "cometd-nodejs-server 1.2.1",
+    "halley-base": "Halley, base build",
 }
 RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer"}
 
