@@ -508,6 +508,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_and_admin_need_their_rights() {
+        let (broker, app) = app();
+        let _local = broker.open_local_session(None);
+        assert_eq!(
+            call(&app, "GET", "/metrics", Some(STATS_ONLY), "").await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/admin/snapshot", Some(STATS_ONLY), "")
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        let (status, snapshot) = call(&app, "GET", "/api/admin/snapshot", Some(ADMIN), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(snapshot["nodes"][0]["sessions"], 1);
+        assert!(snapshot["nodes"][0]["history"]["t"].is_array());
+        // The page is mounted because a key has the admin right; it holds no data itself.
+        let request = Request::builder()
+            .uri("/admin")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats_only = Config {
+            api_keys: vec![ApiKey {
+                key: STATS_ONLY.into(),
+                rights: vec![ApiRight::Stats],
+            }],
+            ..Config::default()
+        };
+        let app = crate::server::app(crate::server::broker(stats_only).expect("broker"));
+        let request = Request::builder()
+            .uri("/admin")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn the_api_is_off_without_keys() {
         let broker = crate::server::broker(Config::default()).expect("broker");
         let app = crate::server::app(broker);
