@@ -8,7 +8,9 @@ import sys
 from collections import OrderedDict
 
 HALLEYS = ["halley", "halley-di50", "halley-ws"]
-PEERS = ["faye", "cometd", "faye-ws"]
+# halley-base (another Halley build, only when asked for) counts as a peer: the ratio is
+# then what this build costs or gains against it.
+PEERS = ["faye", "cometd", "faye-ws", "halley-base"]
 NAMES = {
     "halley": "Halley",
     "halley-di50": "Halley `--delivery-interval 50`",
@@ -16,6 +18,7 @@ NAMES = {
     "faye": "Faye 1.4.3",
     "cometd": "cometd-nodejs-server 1.2.1",
     "faye-ws": "Faye 1.4.3 over WebSocket",
+    "halley-base": "Halley, base build",
 }
 RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer",
                "halley-ws": "Halley WS ÷ Faye WS"}

@@ -5,6 +5,9 @@
 //!   sessions each message was queued for.
 //! - `GET /api/stats` — sessions, subscriptions and message counters.
 //! - `POST /api/disconnect` — `{clientId}`; the session's held connect is told to stop.
+//! - `GET /metrics` — the Prometheus exposition (the `metrics` right).
+//! - `GET /api/admin/snapshot` — what the admin page shows (the `admin` right); the page
+//!   itself, `/admin`, is mounted only when some key has that right.
 //!
 //! The API is only mounted when at least one key is configured.
 
@@ -19,8 +22,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::admin::{self, History};
 use crate::broker::Broker;
 use crate::config::{ApiKey, ApiRight};
+use crate::metrics::{Metrics, Refusal};
 use crate::protocol::{ChannelName, Message, Publisher};
 
 /// Why an API request failed; each maps to a status and a JSON `{"error": …}` body.
@@ -62,11 +67,29 @@ impl IntoResponse for ApiError {
 struct ApiState {
     broker: Broker,
     keys: Arc<[ApiKey]>,
+    metrics: Arc<Metrics>,
+    history: Arc<History>,
 }
 
 impl ApiState {
-    /// Checks the bearer key and that it grants `right`.
+    /// Checks the bearer key and that it grants `right`; counts a refusal.
     fn authorize(&self, headers: &HeaderMap, right: ApiRight) -> Result<(), ApiError> {
+        let verdict = self.check_key(headers, right);
+        match &verdict {
+            Err(ApiError::Unauthorized) => self.metrics.refused(Refusal::ApiKey),
+            Err(_) => self.metrics.refused(Refusal::ApiRight),
+            Ok(()) => {}
+        }
+        verdict
+    }
+
+    /// Counts a request refused as bad input and passes its error on.
+    fn bad_request(&self, why: String) -> ApiError {
+        self.metrics.refused(Refusal::BadRequest);
+        ApiError::BadRequest(why)
+    }
+
+    fn check_key(&self, headers: &HeaderMap, right: ApiRight) -> Result<(), ApiError> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -86,23 +109,76 @@ impl ApiState {
     }
 }
 
-/// The API routes, or `None` when no key is configured.
-pub fn routes(broker: &Broker) -> Option<Router> {
+/// The API routes, or `None` when no key is configured. `metrics` and `history` are
+/// the server's, for `/metrics` and the admin snapshot.
+pub fn routes(broker: &Broker, metrics: &Arc<Metrics>, history: &Arc<History>) -> Option<Router> {
     let keys = &broker.config().api_keys;
     if keys.is_empty() {
         return None;
     }
+    let admin_page = keys.iter().any(|k| k.rights.contains(&ApiRight::Admin));
     let state = ApiState {
         broker: broker.clone(),
         keys: keys.clone().into(),
+        metrics: metrics.clone(),
+        history: history.clone(),
     };
-    Some(
-        Router::new()
-            .route("/api/publish", post(publish))
-            .route("/api/stats", get(stats))
-            .route("/api/disconnect", post(disconnect))
-            .with_state(state),
+    let mut router = Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/stats", get(stats))
+        .route("/api/disconnect", post(disconnect))
+        .route("/metrics", get(keyed_metrics))
+        .route("/api/admin/snapshot", get(admin_snapshot))
+        .with_state(state);
+    if admin_page {
+        router = router.merge(admin::page_routes());
+    }
+    Some(router)
+}
+
+/// `/metrics` alone, without a key, for the `--metrics-listen` listener.
+pub fn metrics_routes(broker: &Broker, metrics: &Arc<Metrics>) -> Router {
+    let (broker, metrics) = (broker.downgrade(), metrics.clone());
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            if let Some(broker) = broker.upgrade() {
+                metrics.observe_broker_totals(&broker.stats());
+            }
+            let answer = exposition(&metrics);
+            async move { answer }
+        }),
     )
+}
+
+/// The Prometheus exposition of `metrics` as a response.
+fn exposition(metrics: &Metrics) -> Response {
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn keyed_metrics(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, ApiRight::Metrics)?;
+    api.metrics.observe_broker_totals(&api.broker.stats());
+    Ok(exposition(&api.metrics))
+}
+
+async fn admin_snapshot(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, ApiRight::Admin)?;
+    let snapshot = admin::snapshot(&api.broker, &api.metrics, &api.history);
+    let mut response = Json(snapshot).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// `/health` (liveness: 200 while the process serves) and `/ready` (readiness: 503 once
@@ -169,10 +245,10 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, ApiRight::Publish)?;
     let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+        .map_err(|e| api.bad_request(format!("body is not JSON: {e}")))?;
     let (items, single) = match value {
         Value::Array(items) if !items.is_empty() => (items, false),
-        Value::Array(_) => return Err(ApiError::BadRequest("empty array".into())),
+        Value::Array(_) => return Err(api.bad_request("empty array".into())),
         item => (vec![item], true),
     };
     // Validate everything first, so a bad item publishes nothing.
@@ -180,7 +256,8 @@ async fn publish(
         .into_iter()
         .enumerate()
         .map(|(i, item)| publish_item(i, item))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .inspect_err(|_| api.metrics.refused(Refusal::BadRequest))?;
     let results: Vec<Value> = messages
         .into_iter()
         .map(|message| {
@@ -219,11 +296,11 @@ async fn disconnect(
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, ApiRight::Disconnect)?;
     let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+        .map_err(|e| api.bad_request(format!("body is not JSON: {e}")))?;
     let client_id = value
         .get("clientId")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("body must be {\"clientId\": \"…\"}".into()))?;
+        .ok_or_else(|| api.bad_request("body must be {\"clientId\": \"…\"}".into()))?;
     if api.broker.disconnect(client_id) {
         Ok(Json(json!({"disconnected": client_id})).into_response())
     } else {
@@ -419,6 +496,47 @@ mod tests {
                 json!({"status": "draining"})
             )
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_and_admin_need_their_rights() {
+        let (broker, app) = app();
+        let _local = broker.open_local_session(None);
+        assert_eq!(
+            call(&app, "GET", "/metrics", Some(STATS_ONLY), "").await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/admin/snapshot", Some(STATS_ONLY), "")
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        let (status, snapshot) = call(&app, "GET", "/api/admin/snapshot", Some(ADMIN), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(snapshot["nodes"][0]["sessions"], 1);
+        assert!(snapshot["nodes"][0]["history"]["t"].is_array());
+        // The page is mounted because a key has the admin right; it holds no data itself.
+        let request = Request::builder()
+            .uri("/admin")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats_only = Config {
+            api_keys: vec![ApiKey {
+                key: STATS_ONLY.into(),
+                rights: vec![ApiRight::Stats],
+            }],
+            ..Config::default()
+        };
+        let app = crate::server::app(crate::server::broker(stats_only).expect("broker"));
+        let request = Request::builder()
+            .uri("/admin")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

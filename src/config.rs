@@ -140,6 +140,10 @@ pub enum ApiRight {
     Stats,
     /// `POST /api/disconnect`.
     Disconnect,
+    /// `GET /metrics` on the main listener (Prometheus).
+    Metrics,
+    /// The read-only admin page (`/admin`, `GET /api/admin/snapshot`).
+    Admin,
 }
 
 /// A key for the backend HTTP API and what it grants.
@@ -155,7 +159,13 @@ pub struct ApiKey {
 
 impl ApiKey {
     fn all_rights() -> Vec<ApiRight> {
-        vec![ApiRight::Publish, ApiRight::Stats, ApiRight::Disconnect]
+        vec![
+            ApiRight::Publish,
+            ApiRight::Stats,
+            ApiRight::Disconnect,
+            ApiRight::Metrics,
+            ApiRight::Admin,
+        ]
     }
 
     /// A key with every right.
@@ -165,6 +175,17 @@ impl ApiKey {
             rights: Self::all_rights(),
         }
     }
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers (Loki, Elasticsearch, CloudWatch).
+    Json,
 }
 
 /// Every setting of the broker and its HTTP server.
@@ -253,6 +274,11 @@ pub struct Config {
     /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
     /// idle timeouts of proxies, which would otherwise close a quiet socket.
     pub websocket_ping_interval: u64,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// A second listener serving only `GET /metrics`, without a key, for scrapers on a
+    /// private network; none when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -294,6 +320,8 @@ impl Default for Config {
             engine: "memory".into(),
             transports: Transport::ALL.to_vec(),
             websocket_ping_interval: 25_000,
+            log_format: LogFormat::Text,
+            metrics_listen: None,
         }
     }
 }
@@ -487,6 +515,13 @@ pub struct Args {
     /// How often a WebSocket gets a ping frame, ms; 0 never [default: 25000].
     #[arg(long, env = "HALLEY_WEBSOCKET_PING_INTERVAL", value_name = "MS")]
     pub websocket_ping_interval: Option<u64>,
+    /// Log line format: text, or one JSON object per line [default: text].
+    #[arg(long, env = "HALLEY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Also serve GET /metrics, without a key, on this address (e.g. 127.0.0.1:9090)
+    /// [default: off].
+    #[arg(long, env = "HALLEY_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -540,8 +575,12 @@ impl Config {
             log_level,
             engine,
             transports,
-            websocket_ping_interval
+            websocket_ping_interval,
+            log_format
         );
+        if args.metrics_listen.is_some() {
+            config.metrics_listen = args.metrics_listen;
+        }
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;
         }
@@ -735,7 +774,7 @@ mod tests {
         assert_eq!(SecurityConfig::default().jwt_leeway, 30_000);
         assert!(!SecurityConfig::default().jwt_expiry_ends_session);
         assert_eq!(config.api_keys.len(), 2);
-        assert_eq!(config.api_keys[1].rights.len(), 3);
+        assert_eq!(config.api_keys[1].rights.len(), 5);
         assert_eq!(config.security.tokens, vec!["x".to_string()]);
         let args = Args::try_parse_from(["halley", "--api-key", "short"]).expect("args");
         assert!(Config::load(args).is_err());

@@ -13,7 +13,10 @@
 //!   batches and back.
 //! - [`server`]: the axum router, the accept loop and its own lean HTTP/1.1 connection
 //!   server (a parked connect holds no buffer), binding and graceful shutdown.
-//! - [`api`]: the backend HTTP API (`/api/publish`, `/api/stats`, `/api/disconnect`).
+//! - [`api`]: the backend HTTP API (`/api/publish`, `/api/stats`, `/api/disconnect`,
+//!   `/metrics`, `/api/admin/snapshot`).
+//! - [`metrics`]: the Prometheus metrics, one cheap method per event.
+//! - [`admin`]: the read-only admin page, its snapshot and the sampled history it charts.
 //! - [`security`]: the configurable policy — handshake tokens, JWTs, channel rules.
 //! - [`cli`]: the command line, including `halley publish`.
 //! - [`config`]: every setting, from defaults, a TOML file, flags and environment.
@@ -21,12 +24,14 @@
 //!
 //! The `halley` binary is a thin wrapper over [`server::run`].
 
+pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod protocol;
 pub mod security;
 pub mod server;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use halley::cli::{Cli, Command};
-use halley::config::Config;
+use halley::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -41,11 +41,20 @@ async fn serve(config: Result<Config, halley::config::ConfigError>) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        // Flattened: an event's fields (client_id, channel, outcome…) sit beside
+        // `message` at the top level, where log shippers index them.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match halley::server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

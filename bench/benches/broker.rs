@@ -2,7 +2,8 @@
 //! - `tree/match`: finding the subscribers of one publish in a tree of 100,000 subscriptions;
 //! - `route/publish_10k`: routing one publish to 10,000 sessions (serialize once, enqueue
 //!   a shared copy per session, wake held connects) through the public `Broker` API;
-//! - `codec/*`: parsing a 100-message batch and serializing 100 deliveries as one response.
+//! - `codec/*`: parsing a 100-message batch and serializing 100 deliveries as one response;
+//! - `metrics/*`: what the broker's metrics calls cost per event, and one scrape.
 
 use std::hint::black_box;
 
@@ -120,5 +121,45 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tree_match, route, codec);
+/// The per-event cost the metrics add to a publish (counter, deliveries, latency and queue
+/// histograms), from two threads at once as on a loaded server, and the cost of one scrape.
+fn metrics(c: &mut Criterion) {
+    use halley::metrics::{Metrics, Outcome};
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("publish_event", |b| {
+        b.iter(|| {
+            metrics.publish(black_box(Outcome::Ok));
+            metrics.delivered(black_box(1000));
+            metrics.delivery_latency(black_box(0.0042));
+            metrics.queue_depth(black_box(3));
+        })
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rival = {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                metrics.publish(Outcome::Ok);
+                metrics.delivery_latency(0.001);
+            }
+        })
+    };
+    group.bench_function("publish_event_contended", |b| {
+        b.iter(|| {
+            metrics.publish(black_box(Outcome::Ok));
+            metrics.delivered(black_box(1000));
+            metrics.delivery_latency(black_box(0.0042));
+            metrics.queue_depth(black_box(3));
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = rival.join();
+    group.bench_function("scrape", |b| {
+        b.iter(|| black_box(metrics.encode().unwrap().len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tree_match, route, codec, metrics);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the headless-browser suite (Debian's Chromium driven by playwright-core) against the Halley binary:
-# CometD 9 over callback-polling and CORS long-polling, dojox.cometd 1.6 (both modes), the demo chat.
+# CometD 9 over callback-polling and CORS long-polling, dojox.cometd 1.6 (both modes), the demo chat,
+# the admin page (its screenshot is kept as output/admin.png).
 # Binary: $HALLEY_BIN or <repo>/target/release/halley; browser: $CHROMIUM_BIN or /usr/bin/chromium.
 # Works from any directory. Screenshots of failing tests land in output/.
 set -euo pipefail
@@ -38,7 +39,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
 fi
 
 mkdir -p output
-rm -f output/*.png
+rm -f output/*.png  # admin.png is written again by test/admin.test.mjs
 # Every test bounds its own waits (10-15 s); --test-timeout is the backstop for a hung test,
 # `timeout` for the whole run (the suite takes well under a minute).
 exec timeout --kill-after=10 300 \

@@ -202,7 +202,7 @@ async fn next_request(
         Ok(Ok(None)) | Ok(Err(Failure::Gone)) | Err(_) => return None,
         Ok(Err(Failure::Refused(status, why))) => return refuse(stream, status, why).await,
     };
-    tracing::debug!(target: "halley::http", method = %head.method, uri = %head.uri, "request");
+    tracing::debug!(target: "halley::http", method = %head.method, path = head.uri.path(), "request");
     let close = wants_close(head.version, &head.headers);
     let framing = match framing(&head.headers, limits.max_body) {
         Ok(framing) => framing,
@@ -522,6 +522,7 @@ async fn encode_response<B: HttpBody>(
     let body = body.collect().await.ok()?.to_bytes();
     let status = parts.status;
     tracing::debug!(target: "halley::http", status = status.as_u16(), bytes = body.len(), "answer");
+    crate::metrics::http_response(status.as_u16());
     let mut out = Vec::with_capacity(64 + parts.headers.len() * 48 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -565,6 +566,7 @@ async fn encode_response<B: HttpBody>(
 /// then closes the connection (so it returns no request).
 async fn refuse<T>(stream: &mut TcpStream, status: StatusCode, why: &'static str) -> Option<T> {
     tracing::debug!(%status, why, "request refused before routing");
+    crate::metrics::refused_early(crate::metrics::refusal_for_status(status.as_u16()));
     let text = format!("{why}\n");
     let response = Response::builder()
         .status(status)

@@ -18,9 +18,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::admin::{self, History};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::config::ConfigError;
+use crate::metrics::{Metrics, Refusal};
 use crate::security::ConfiguredPolicy;
 use crate::transport;
 use crate::{api, demo, engine};
@@ -39,9 +41,26 @@ pub enum ServerError {
     Config(#[from] ConfigError),
 }
 
+/// The metrics and admin-page history of one served broker, shared by the router, the
+/// accept loop, the `--metrics-listen` listener and the sampler. Until the broker holds
+/// its own `Arc<Metrics>`, the server makes it here; each broker gets its own, so
+/// tests running several brokers in one process stay apart.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The samples the admin page charts.
+    pub history: Arc<History>,
+}
+
 /// The whole HTTP application for `broker`: the Bayeux endpoint at the configured path,
-/// everything below it, and nothing else.
+/// everything below it, and nothing else; with fresh [`Telemetry`].
 pub fn app(broker: Broker) -> Router {
+    app_with(broker, &Telemetry::default())
+}
+
+/// [`app`] reporting into `telemetry`.
+pub fn app_with(broker: Broker, telemetry: &Telemetry) -> Router {
     let config = broker.config();
     let path = config.path.trim_end_matches('/');
     let endpoint = any(transport::endpoint);
@@ -60,7 +79,7 @@ pub fn app(broker: Broker) -> Router {
         router = router.merge(demo::routes(path));
     }
     router = router.merge(api::health_routes(&broker));
-    if let Some(api) = api::routes(&broker) {
+    if let Some(api) = api::routes(&broker, &telemetry.metrics, &telemetry.history) {
         router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));
     }
     router
@@ -99,9 +118,33 @@ pub async fn serve(
     broker: Broker,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with(listener, None, broker, shutdown).await
+}
+
+/// [`serve`], plus `GET /metrics` without a key on `metrics_listener` when given.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let config = broker.config().clone();
-    let app = app(broker.clone());
+    let telemetry = Telemetry::default();
+    let app = app_with(broker.clone(), &telemetry);
     let sweeper = broker.spawn_sweeper();
+    let sampler = admin::spawn_sampler(
+        &broker,
+        telemetry.metrics.clone(),
+        telemetry.history.clone(),
+    );
+    let scrapes = metrics_listener.map(|listener| {
+        let routes = api::metrics_routes(&broker, &telemetry.metrics);
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, routes).await {
+                tracing::error!(%error, "metrics listener failed");
+            }
+        })
+    });
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
     let limits = http1::Limits {
@@ -113,7 +156,7 @@ pub async fn serve(
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -126,16 +169,19 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            telemetry.metrics.refused(Refusal::Connections);
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(
                     refused,
+                    remote = %peer,
                     max = config.max_connections,
                     "connection limit reached: closing new connections"
                 );
             }
             continue;
         };
+        tracing::trace!(target: "halley::http", remote = %peer, "connection accepted");
         tune(&stream, Duration::from_millis(config.tcp_keepalive));
         let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
         tokio::spawn(async move {
@@ -171,6 +217,10 @@ pub async fn serve(
         );
     }
     sweeper.abort();
+    sampler.abort();
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+    }
     Ok(())
 }
 
@@ -227,9 +277,21 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("halley listening on http://{local}{}", config.path);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let local = listener.local_addr()?;
+            println!("halley metrics on http://{local}/metrics");
+            tracing::info!(%local, "serving /metrics without a key");
+            Some(listener)
+        }
+        None => None,
+    };
     tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, "halley started");
     let broker = broker(config)?;
-    serve(listener, broker, shutdown_signal()).await
+    serve_with(listener, metrics_listener, broker, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -162,6 +162,7 @@ fn body_refused(error: &axum::Error) -> Response {
     } else {
         StatusCode::BAD_REQUEST
     };
+    crate::metrics::refused_early(crate::metrics::refusal_for_status(status.as_u16()));
     (status, format!("cannot read the request body: {error}\n")).into_response()
 }
 
@@ -313,6 +314,7 @@ pub enum TransportError {
 impl IntoResponse for TransportError {
     fn into_response(self) -> Response {
         tracing::debug!(error = %self, "request refused");
+        crate::metrics::refused_early(crate::metrics::Refusal::BadRequest);
         (
             StatusCode::BAD_REQUEST,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
