@@ -7,15 +7,17 @@ import statistics
 import sys
 from collections import OrderedDict
 
-HALLEYS = ["halley", "halley-di50"]
+HALLEYS = ["halley", "halley-off", "halley-di50"]
 PEERS = ["faye", "cometd"]
 NAMES = {
     "halley": "Halley",
+    "halley-off": "Halley `--coalescing off`",
     "halley-di50": "Halley `--delivery-interval 50`",
     "faye": "Faye 1.4.3",
     "cometd": "cometd-nodejs-server 1.2.1",
 }
-RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer"}
+RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-off": "Halley off ÷ best peer",
+               "halley-di50": "Halley di50 ÷ best peer"}
 
 # (label, path, better): better is "hi", "lo" or None (no ratio)
 METRICS = {
@@ -68,6 +70,9 @@ METRICS = {
 }
 
 
+METRICS["chat"] = METRICS["rooms"]
+
+
 def get(d, path):
     for part in path.split("."):
         if not isinstance(d, dict) or part not in d:
@@ -115,14 +120,18 @@ def main():
         reps = max(len(v) for v in by_server.values())
         out.append(f"## {case}  ({reps} run{'s' if reps > 1 else ''})")
         out.append("")
+        # Adaptive coalescing against the same build with it off, when both ran.
+        vs_off = "halley" in by_server and "halley-off" in by_server
         out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | "
-                   + " | ".join(RATIO_NAMES[h] for h in halleys) + " |")
-        out.append("|---|" + "---:|" * (len(servers) + len(halleys)))
+                   + " | ".join(RATIO_NAMES[h] for h in halleys)
+                   + (" | Halley ÷ Halley off" if vs_off else "") + " |")
+        out.append("|---|" + "---:|" * (len(servers) + len(halleys) + vs_off))
         for label, path, better in METRICS.get(workload, []):
             if path is None:
                 vals = {s: f"{median([r.get('left') for r in by_server[s]])} / "
                            f"{median([r.get('vanished') for r in by_server[s]])}" for s in servers}
-                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers) + " |" * (len(halleys) + 1))
+                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers)
+                           + " |" * (len(halleys) + vs_off + 1))
                 continue
             if path == "error_total" or path in ("lost", "duplicated", "out_of_order"):
                 vals = {s: max((get(r, path) or 0) for r in by_server[s]) for s in servers}
@@ -134,6 +143,10 @@ def main():
                 best = max(peer_vals) if better == "hi" else min(peer_vals)
             ratios = [f"{vals[h] / best:.2f}×" if best and vals[h] is not None else ""
                       for h in halleys]
+            if vs_off:
+                off = vals["halley-off"]
+                ratios.append(f"{vals['halley'] / off:.2f}×"
+                              if better and vals["halley"] is not None and off else "")
             out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | "
                        + " | ".join(ratios) + " |")
         out.append("")

@@ -18,6 +18,7 @@
 //! order is: session state, then the sessions map, then the subscription tree, then the
 //! browser table.
 
+mod coalescing;
 mod connect;
 mod extensions;
 mod handshake;
@@ -191,6 +192,8 @@ struct Shared {
     epoch: Instant,
     shutting_down: AtomicBool,
     counters: Counters,
+    /// The adaptive coalescing interval busy sessions' connect replies are spaced by.
+    coalescing: coalescing::Coalescing,
     /// Token bucket of the handshake rate limit: (tokens, last refill).
     handshake_bucket: Mutex<(f64, Instant)>,
 }
@@ -263,6 +266,7 @@ impl Broker {
                 epoch: Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 counters: Counters::default(),
+                coalescing: coalescing::Coalescing::default(),
                 handshake_bucket: Mutex::new((handshake_tokens, Instant::now())),
             }),
         };

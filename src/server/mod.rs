@@ -101,6 +101,7 @@ pub async fn serve(
     let config = broker.config().clone();
     let app = app(broker.clone());
     let sweeper = broker.spawn_sweeper();
+    let coalescing = broker.spawn_coalescing();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
     let limits = http1::Limits {
@@ -170,6 +171,9 @@ pub async fn serve(
         );
     }
     sweeper.abort();
+    if let Some(coalescing) = coalescing {
+        coalescing.abort();
+    }
     Ok(())
 }
 
@@ -226,7 +230,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("halley listening on http://{local}{}", config.path);
-    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, "halley started");
+    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, coalescing = ?config.coalescing, coalescing_ceiling = config.coalescing_ceiling, "halley started");
     let broker = broker(config)?;
     serve(listener, broker, shutdown_signal()).await
 }
