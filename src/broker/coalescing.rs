@@ -38,8 +38,10 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 /// (the timer's millisecond rounding) and below one burst of a thousand woken connects
 /// (≈ 35 ms).
 pub(super) const HOT: Duration = Duration::from_millis(8);
-/// Lag below which the server counts as having cores to spare.
-pub(super) const CALM: Duration = Duration::from_millis(2);
+/// Lag below which the server counts as having cores to spare. An idle runtime's lag is
+/// ≈ 1.1 ms (the timer rounds up to the next millisecond); the margin keeps a machine
+/// shared with other work from holding the interval up.
+pub(super) const CALM: Duration = Duration::from_millis(3);
 /// How many calm samples in a row (250 ms) before the interval is lowered one step.
 pub(super) const CALM_TICKS: u32 = 25;
 /// The least non-zero interval: a shorter wait would barely fill a reply.
