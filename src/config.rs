@@ -455,6 +455,11 @@ pub struct Args {
 }
 
 impl Config {
+    /// Whether adaptive coalescing runs: `coalescing = "adaptive"` with a non-zero ceiling.
+    pub fn coalesces_adaptively(&self) -> bool {
+        self.coalescing.is_adaptive() && self.coalescing_ceiling > 0
+    }
+
     /// The header-read timeout in force, ms: the configured one, else `timeout` + 15 s.
     pub fn effective_header_timeout(&self) -> u64 {
         self.header_timeout.unwrap_or(self.timeout + 15_000)

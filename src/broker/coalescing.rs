@@ -115,7 +115,7 @@ impl Broker {
     /// stops when every `Broker` handle is dropped.
     pub fn spawn_coalescing(&self) -> Option<tokio::task::JoinHandle<()>> {
         let config = &self.shared.config;
-        if !config.coalescing.is_adaptive() || config.coalescing_ceiling == 0 {
+        if !config.coalesces_adaptively() {
             return None;
         }
         let mut controller = Controller::new(Duration::from_millis(config.coalescing_ceiling));

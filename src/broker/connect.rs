@@ -253,8 +253,7 @@ impl Broker {
             None => state.outbox.queue.drain_into(out),
         }
         let config = &self.shared.config;
-        let spaced = config.delivery_interval > 0
-            || (config.coalescing.is_adaptive() && config.coalescing_ceiling > 0);
+        let spaced = config.delivery_interval > 0 || config.coalesces_adaptively();
         if spaced && out.len() > before {
             state.delivered_at = NonZeroU64::new(self.now_us().max(1));
         }
