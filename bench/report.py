@@ -7,21 +7,22 @@ import statistics
 import sys
 from collections import OrderedDict
 
-HALLEYS = ["halley", "halley-di50", "halley-ws"]
+HALLEYS = ["halley", "halley-off", "halley-di50", "halley-ws"]
 # halley-base (another Halley build, only when asked for) counts as a peer: the ratio is
 # then what this build costs or gains against it.
 PEERS = ["faye", "cometd", "faye-ws", "halley-base"]
 NAMES = {
     "halley": "Halley",
+    "halley-off": "Halley `--coalescing off`",
     "halley-di50": "Halley `--delivery-interval 50`",
     "halley-ws": "Halley over WebSocket",
     "faye": "Faye 1.4.3",
-    "cometd": "cometd-nodejs-server 1.2.1",
     "faye-ws": "Faye 1.4.3 over WebSocket",
     "halley-base": "Halley, base build",
+    "cometd": "cometd-nodejs-server 1.2.1",
 }
-RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-di50": "Halley di50 ÷ best peer",
-               "halley-ws": "Halley WS ÷ Faye WS"}
+RATIO_NAMES = {"halley": "Halley ÷ best peer", "halley-off": "Halley off ÷ best peer",
+               "halley-di50": "Halley di50 ÷ best peer", "halley-ws": "Halley WS ÷ Faye WS"}
 
 # (label, path, better): better is "hi", "lo" or None (no ratio)
 METRICS = {
@@ -72,6 +73,9 @@ METRICS = {
         ("client errors", "error_total", None),
     ],
 }
+
+
+METRICS["chat"] = METRICS["rooms"]
 
 
 def get(d, path):
@@ -130,14 +134,18 @@ def main():
             out.append("")
         if not servers:
             continue
-        out.append("| " + " | ".join(["figure"] + [NAMES[s] for s in servers]
-                                        + [RATIO_NAMES[h] for h in halleys]) + " |")
-        out.append("|---|" + "---:|" * (len(servers) + len(halleys)))
+        # Adaptive coalescing against the same build with it off, when both ran.
+        vs_off = "halley" in by_server and "halley-off" in by_server
+        out.append("| figure | " + " | ".join(NAMES[s] for s in servers) + " | "
+                   + " | ".join(RATIO_NAMES[h] for h in halleys)
+                   + (" | Halley ÷ Halley off" if vs_off else "") + " |")
+        out.append("|---|" + "---:|" * (len(servers) + len(halleys) + vs_off))
         for label, path, better in METRICS.get(workload, []):
             if path is None:
                 vals = {s: f"{median([r.get('left') for r in by_server[s]])} / "
                            f"{median([r.get('vanished') for r in by_server[s]])}" for s in servers}
-                out.append("| " + " | ".join([label] + [vals[s] for s in servers] + [""] * len(halleys)) + " |")
+                out.append(f"| {label} | " + " | ".join(vals[s] for s in servers)
+                           + " |" * (len(halleys) + vs_off + 1))
                 continue
             if path == "error_total" or path in ("lost", "duplicated", "out_of_order"):
                 vals = {s: max((get(r, path) or 0) for r in by_server[s]) for s in servers}
@@ -149,12 +157,18 @@ def main():
                 best = max(peer_vals) if better == "hi" else min(peer_vals)
             ratios = [f"{vals[h] / best:.2f}×" if best and vals[h] is not None else ""
                       for h in halleys]
-            out.append("| " + " | ".join([label] + [fmt(vals[s]) for s in servers] + ratios) + " |")
+            if vs_off:
+                off = vals["halley-off"]
+                ratios.append(f"{vals['halley'] / off:.2f}×"
+                              if better and vals["halley"] is not None and off else "")
+            out.append(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | "
+                       + " | ".join(ratios) + " |")
         out.append("")
+    out.append("Counts of lost, duplicated, out-of-order and errors are the worst run, not the median.")
+    out.append("")
     out.append("Rows marked *(websocket)* run the same workload with the load generator's clients on "
                "WebSocket (one socket per client, deliveries pushed as frames); only Faye of the peers "
                "has WebSocket.")
-    out.append("Counts of lost, duplicated, out-of-order and errors are the worst run, not the median.")
     out.append("")
     print("\n".join(out))
 

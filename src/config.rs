@@ -49,6 +49,25 @@ impl Transport {
     }
 }
 
+/// Whether busy long-polling sessions get fewer, fuller replies when the server is saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Coalescing {
+    /// Under saturation (event-loop lag), a session receiving a fast stream has its
+    /// connect replies spaced by up to `coalescing_ceiling`; otherwise every reply goes
+    /// out at once.
+    Adaptive,
+    /// Every reply goes out at once (only `delivery_interval` spaces them).
+    Off,
+}
+
+impl Coalescing {
+    /// Whether the broker adapts the spacing of replies to its load.
+    pub fn is_adaptive(self) -> bool {
+        self == Coalescing::Adaptive
+    }
+}
+
 /// The `SameSite` attribute of the `BAYEUX_BROWSER` cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +223,12 @@ pub struct Config {
     /// session receiving faster than that gets fewer, fuller replies (at most this much
     /// later), one receiving slower is answered at once. 0 never waits.
     pub delivery_interval: u64,
+    /// Adaptive coalescing: under saturation, busy sessions' connect replies are spaced so
+    /// they carry more messages each.
+    pub coalescing: Coalescing,
+    /// The most adaptive coalescing spaces a session's replies, ms (never beyond a
+    /// connect's hold). 0 turns adaptive coalescing off.
+    pub coalescing_ceiling: u64,
     /// How long a session lives without a connect, ms.
     pub max_interval: u64,
     /// How often expired sessions are swept, ms.
@@ -289,6 +314,8 @@ impl Default for Config {
             timeout: 30_000,
             interval: 0,
             delivery_interval: 0,
+            coalescing: Coalescing::Adaptive,
+            coalescing_ceiling: 50,
             max_interval: 10_000,
             sweep_interval: 1_000,
             max_queue: 1_000,
@@ -369,6 +396,14 @@ pub struct Args {
     /// streams go out in fewer, fuller replies, slower ones at once [default: 0].
     #[arg(long, env = "HALLEY_DELIVERY_INTERVAL", value_name = "MS")]
     pub delivery_interval: Option<u64>,
+    /// Under saturation, space busy sessions' connect replies so they carry more messages
+    /// each (`adaptive`), or send every reply at once (`off`) [default: adaptive].
+    #[arg(long, env = "HALLEY_COALESCING", value_enum)]
+    pub coalescing: Option<Coalescing>,
+    /// The most adaptive coalescing delays a busy session's reply, ms; 0 turns it off
+    /// [default: 50].
+    #[arg(long, env = "HALLEY_COALESCING_CEILING", value_name = "MS")]
+    pub coalescing_ceiling: Option<u64>,
     /// How long a session survives without a connect before it expires, ms [default: 10000].
     #[arg(long, env = "HALLEY_MAX_INTERVAL", value_name = "MS")]
     pub max_interval: Option<u64>,
@@ -525,6 +560,11 @@ pub struct Args {
 }
 
 impl Config {
+    /// Whether adaptive coalescing runs: `coalescing = "adaptive"` with a non-zero ceiling.
+    pub fn coalesces_adaptively(&self) -> bool {
+        self.coalescing.is_adaptive() && self.coalescing_ceiling > 0
+    }
+
     /// The header-read timeout in force, ms: the configured one, else `timeout` + 15 s.
     pub fn effective_header_timeout(&self) -> u64 {
         self.header_timeout.unwrap_or(self.timeout + 15_000)
@@ -548,6 +588,8 @@ impl Config {
             timeout,
             interval,
             delivery_interval,
+            coalescing,
+            coalescing_ceiling,
             max_interval,
             sweep_interval,
             max_queue,
@@ -635,6 +677,9 @@ impl Config {
         }
         if self.delivery_interval > 10_000 {
             return invalid("delivery_interval must be at most 10000 ms");
+        }
+        if self.coalescing_ceiling > 1_000 {
+            return invalid("coalescing_ceiling must be at most 1000 ms");
         }
         if self.max_queue == 0 {
             return invalid("max_queue must be at least 1");
@@ -737,6 +782,26 @@ mod tests {
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
         let args = Args::try_parse_from(["halley", "--delivery-interval", "50"]).expect("args");
         assert_eq!(Config::load(args).expect("config").delivery_interval, 50);
+    }
+
+    #[test]
+    fn coalescing_is_adaptive_by_default_and_can_be_turned_off() {
+        let config = Config::load(Args::try_parse_from(["halley"]).expect("args")).expect("config");
+        assert_eq!(config.coalescing, Coalescing::Adaptive);
+        assert_eq!(config.coalescing_ceiling, 50);
+        let args = Args::try_parse_from(["halley", "--coalescing", "off"]).expect("args");
+        assert_eq!(
+            Config::load(args).expect("config").coalescing,
+            Coalescing::Off
+        );
+        let config: Config =
+            toml::from_str("coalescing = \"off\"\ncoalescing_ceiling = 20").expect("toml");
+        assert_eq!(
+            (config.coalescing, config.coalescing_ceiling),
+            (Coalescing::Off, 20)
+        );
+        let args = Args::try_parse_from(["halley", "--coalescing-ceiling", "1001"]).expect("args");
+        assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

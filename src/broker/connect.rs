@@ -73,7 +73,7 @@ impl Broker {
                 || hold == 0
                 || state.ack.as_deref().is_some_and(AckState::has_unacked)
                 || self.shared.shutting_down.load(Ordering::SeqCst);
-            let wait = self.delivery_wait(&state, hold);
+            let wait = self.delivery_wait(&state, hold, true);
             let queued = !state.outbox.queue.is_empty();
             if answer_now || (queued && wait.is_zero()) {
                 let reply = self.connect_answer(session, &mut state, message, Ending::Open);
@@ -105,7 +105,10 @@ impl Broker {
                         .await;
                 drop(guard);
                 match woken {
-                    Ok(Wake::Deliver) => (Ending::Open, self.delivery_wait(&session.lock(), hold)),
+                    Ok(Wake::Deliver) => (
+                        Ending::Open,
+                        self.delivery_wait(&session.lock(), hold, true),
+                    ),
                     Ok(Wake::Superseded) => return Outcome::Superseded,
                     Ok(Wake::ShuttingDown) => (Ending::Drain, Duration::ZERO),
                     // The reply says whether the session is gone.
@@ -147,7 +150,9 @@ impl Broker {
         out: &mut Vec<Bytes>,
     ) -> Vec<Bytes> {
         let hold = connects.iter().map(|m| self.hold_of(m)).min().unwrap_or(0);
-        let wait = self.delivery_wait(&session.lock(), hold);
+        // Batched connects keep their fixed floor only: their reply also answers the
+        // batch's other messages, which must not wait for the server's load.
+        let wait = self.delivery_wait(&session.lock(), hold, false);
         if !wait.is_zero() {
             Box::pin(tokio::time::sleep(wait)).await;
         }
@@ -192,10 +197,14 @@ impl Broker {
     }
 
     /// How long a connect reply with the queued deliveries must still wait so that it comes
-    /// `delivery_interval` after the session's previous one; never longer than the connect's
-    /// `hold`, which the client's request timeout allows for.
-    fn delivery_wait(&self, state: &SessionState, hold: u64) -> Duration {
-        let interval_us = self.shared.config.delivery_interval * 1_000;
+    /// `delivery_interval` (or, if `adaptive` and longer, the coalescing interval the load
+    /// calls for) after the session's previous one; never longer than the connect's `hold`,
+    /// which the client's request timeout allows for. Ack sessions keep the fixed floor only.
+    fn delivery_wait(&self, state: &SessionState, hold: u64, adaptive: bool) -> Duration {
+        let mut interval_us = self.shared.config.delivery_interval * 1_000;
+        if adaptive && state.ack.is_none() {
+            interval_us = interval_us.max(self.shared.coalescing.interval().as_micros() as u64);
+        }
         match state.delivered_at {
             Some(at) if interval_us > 0 && !state.outbox.queue.is_empty() => {
                 let since = self.now_us().saturating_sub(at.get());
@@ -247,7 +256,9 @@ impl Broker {
                 state.outbox.queue.drain_bounded(out, max_bytes);
             }
         }
-        if self.shared.config.delivery_interval > 0 && out.len() > before {
+        let config = &self.shared.config;
+        let spaced = config.delivery_interval > 0 || config.coalesces_adaptively();
+        if spaced && out.len() > before {
             state.delivered_at = NonZeroU64::new(self.now_us().max(1));
         }
     }

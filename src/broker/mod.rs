@@ -20,6 +20,7 @@
 
 mod batch;
 mod browser;
+mod coalescing;
 mod connect;
 mod extensions;
 mod handshake;
@@ -200,6 +201,8 @@ struct Shared {
     epoch: Instant,
     shutting_down: AtomicBool,
     counters: Counters,
+    /// The adaptive coalescing interval busy sessions' connect replies are spaced by.
+    coalescing: coalescing::Coalescing,
     /// Token bucket of the handshake rate limit: (tokens, last refill).
     handshake_bucket: Mutex<(f64, Instant)>,
     /// Sessions ended by a queue overflow during a fan-out, with their subscriptions,
@@ -275,6 +278,7 @@ impl Broker {
                 epoch: Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 counters: Counters::default(),
+                coalescing: coalescing::Coalescing::default(),
                 handshake_bucket: Mutex::new((handshake_tokens, Instant::now())),
                 pending_removals: Mutex::new(Vec::new()),
             }),

@@ -145,6 +145,7 @@ pub async fn serve_with(
             }
         })
     });
+    let coalescing = broker.spawn_coalescing();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
     let limits = http1::Limits {
@@ -218,6 +219,9 @@ pub async fn serve_with(
     }
     sweeper.abort();
     sampler.abort();
+    if let Some(coalescing) = coalescing {
+        coalescing.abort();
+    }
     if let Some(scrapes) = scrapes {
         scrapes.abort();
     }
@@ -289,7 +293,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         None => None,
     };
-    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, "halley started");
+    tracing::info!(%local, path = %config.path, timeout = config.timeout, max_interval = config.max_interval, delivery_interval = config.delivery_interval, coalescing = ?config.coalescing, coalescing_ceiling = config.coalescing_ceiling, "halley started");
     let broker = broker(config)?;
     serve_with(listener, metrics_listener, broker, shutdown_signal()).await
 }

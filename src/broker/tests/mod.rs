@@ -116,6 +116,7 @@ async fn settle() {
     }
 }
 
+mod coalescing;
 mod connect;
 mod engine;
 mod handshake;
