@@ -45,8 +45,10 @@ macro_rules! label_enum {
 
 label_enum! {
     /// The transport a session or connection uses (`transport` label).
+    #[derive(Default)]
     Transport {
         /// HTTP long-polling.
+        #[default]
         LongPolling => "long-polling",
         /// JSONP callback-polling.
         CallbackPolling => "callback-polling",

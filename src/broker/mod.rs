@@ -52,6 +52,7 @@ pub use tree::{Change, Matches, SubscriberKey, SubscriptionTree};
 
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
+use crate::metrics::Metrics;
 use crate::protocol::{BayeuxError, Message, Reply, epoch_ms};
 pub(crate) use connect::{PushConnect, PushWake};
 use session::Session;
@@ -72,6 +73,8 @@ pub struct RequestContext {
     pub multiplexed: bool,
     /// The transport takes deliveries only on connect replies (callback-polling).
     pub connect_only: bool,
+    /// The transport the request came over, for the sessions-by-transport metric.
+    pub transport: crate::metrics::Transport,
 }
 
 /// The answer to one request.
@@ -185,6 +188,8 @@ struct Shared {
     node_id: Box<str>,
     /// Carries publishes to and from other nodes.
     engine: Arc<dyn Engine>,
+    /// What operators scrape: every outcome the broker decides is counted here.
+    metrics: Arc<Metrics>,
     /// Transport names for the handshake reply: only the ones that really work.
     connection_types: Vec<&'static str>,
     /// Sessions by clientId.
@@ -266,6 +271,7 @@ impl Broker {
                 config,
                 node_id: uuid::Uuid::new_v4().simple().to_string().into(),
                 engine,
+                metrics: Arc::new(Metrics::new()),
                 connection_types: connection_types.to_vec(),
                 sessions: RwLock::new(HashMap::new()),
                 tree: RwLock::new(SubscriptionTree::default()),
@@ -292,6 +298,11 @@ impl Broker {
     /// The configuration the broker runs with.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The broker's metrics, for `/metrics` and the admin page.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     /// This node's id: what publishes it sends through the engine carry as their origin.

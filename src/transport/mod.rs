@@ -245,6 +245,11 @@ impl Exchange {
             browser_id: cookie.or_else(|| new_browser.then(new_browser_id)),
             multiplexed: version >= Version::HTTP_2,
             connect_only,
+            transport: if connect_only {
+                crate::metrics::Transport::CallbackPolling
+            } else {
+                crate::metrics::Transport::LongPolling
+            },
         };
         let outcome = broker.handle(batch, &ctx).await;
         let handshake_succeeded = matches!(&outcome, Outcome::Reply(r) if r.handshake_succeeded);

@@ -128,6 +128,7 @@ pub(crate) fn upgrade(
         // A socket holds no browser connection slot the way a long-poll does.
         multiplexed: true,
         connect_only: false,
+        transport: crate::metrics::Transport::WebSocket,
     };
     let broker = broker.clone();
     let takeover = Takeover::new(move |stream, read, shutdown| {
