@@ -191,6 +191,9 @@ pub struct Config {
     pub header_timeout: Option<u64>,
     /// How long a client may take to send a request's body, ms.
     pub body_timeout: u64,
+    /// How long a client may take to read one answer, ms: one that stops reading (a zero
+    /// TCP window) loses its connection then, instead of pinning it and the answer.
+    pub write_timeout: u64,
     /// Idle time before TCP keepalive probes start, ms (whole seconds; at least 1 s);
     /// a peer that answers none of 3 probes is dropped, catching half-open sockets.
     pub tcp_keepalive: u64,
@@ -236,6 +239,7 @@ impl Default for Config {
             max_connections: 100_000,
             header_timeout: None,
             body_timeout: 10_000,
+            write_timeout: 30_000,
             tcp_keepalive: 30_000,
             max_sessions: 100_000,
             max_handshakes_per_second: 0,
@@ -363,6 +367,9 @@ pub struct Args {
     /// Time a client gets to send a request body, ms [default: 10000].
     #[arg(long, env = "HALLEY_BODY_TIMEOUT", value_name = "MS")]
     pub body_timeout: Option<u64>,
+    /// Time a client gets to read one answer before its connection is closed, ms [default: 30000].
+    #[arg(long, env = "HALLEY_WRITE_TIMEOUT", value_name = "MS")]
+    pub write_timeout: Option<u64>,
     /// Idle time before TCP keepalive probes catch a vanished peer, ms [default: 30000].
     #[arg(long, env = "HALLEY_TCP_KEEPALIVE", value_name = "MS")]
     pub tcp_keepalive: Option<u64>,
@@ -456,6 +463,7 @@ impl Config {
             shutdown_timeout,
             max_connections,
             body_timeout,
+            write_timeout,
             tcp_keepalive,
             max_sessions,
             max_handshakes_per_second,
@@ -520,8 +528,8 @@ impl Config {
         if self.tcp_keepalive < 1_000 {
             return invalid("tcp_keepalive must be at least 1000 ms");
         }
-        if self.header_timeout == Some(0) || self.body_timeout == 0 {
-            return invalid("header_timeout and body_timeout must be at least 1 ms");
+        if self.header_timeout == Some(0) || self.body_timeout == 0 || self.write_timeout == 0 {
+            return invalid("header_timeout, body_timeout and write_timeout must be at least 1 ms");
         }
         if self.cookie_same_site == SameSite::None && !self.cookie_secure {
             return invalid(
