@@ -90,7 +90,10 @@ fn http1_frame_seeds_pass_the_fuzz_checks() {
     use halley::server::http1::Framed;
     for (path, data) in seeds("http1_frame") {
         let framed = checks::check_http1_framing(&data);
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let refused = matches!(framed.last(), Some(Framed::Refused(_)));
         let requests = framed
             .iter()
