@@ -19,6 +19,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -65,6 +66,36 @@ const MAX_CHUNK_EXT: usize = 4 * 1024;
 const READ_CHUNK: usize = 2 * 1024;
 /// What an HTTP/2 client with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1.x requests whose handler is parked (held connects, mostly), server-wide: shown
+/// in `/api/stats` so that operators, and tests, see holds rather than guess them.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many HTTP/1.x requests are parked in their handler right now.
+#[doc(hidden)]
+pub fn held_requests() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// Counts one parked request in [`HELD`] until dropped.
+struct Parked(bool);
+
+impl Parked {
+    fn count(&mut self) {
+        if !self.0 {
+            self.0 = true;
+            HELD.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        if self.0 {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Why a request could not be read.
 #[derive(Debug)]
@@ -317,10 +348,12 @@ async fn until_answered<B>(
 ) -> Option<Response<B>> {
     // A hand-written poll rather than `select!` over `peek()`: the socket's readiness
     // waker lives in tokio's registration, so watching costs no future state.
+    let mut parked = Parked(false);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
+        parked.count();
         if watch {
             let mut probe = [0u8; 1];
             let mut probe = ReadBuf::new(&mut probe);
