@@ -264,9 +264,9 @@ fn may_be_held(request: &Request<Body>, held_path: &str) -> bool {
     let method = request.method();
     let path = request.uri().path();
     (method == Method::POST || method == Method::GET)
-        && path.strip_prefix(held_path).is_some_and(|rest| {
-            rest.is_empty() || rest.starts_with('/') || held_path.ends_with('/')
-        })
+        && path
+            .strip_prefix(held_path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Whether the peer has closed its side (EOF) or reset the connection, asked of the
