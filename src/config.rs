@@ -614,6 +614,21 @@ mod tests {
     }
 
     #[test]
+    fn the_write_timeout_defaults_to_30_s_and_is_at_least_1_ms() {
+        assert_eq!(Config::default().write_timeout, 30_000);
+        assert_eq!(
+            toml::from_str::<Config>("write_timeout = 5000")
+                .expect("file")
+                .write_timeout,
+            5000
+        );
+        let args = Args::try_parse_from(["halley", "--write-timeout", "250"]).expect("args");
+        assert_eq!(Config::load(args).expect("config").write_timeout, 250);
+        let args = Args::try_parse_from(["halley", "--write-timeout", "0"]).expect("args");
+        assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
     fn security_and_api_keys_come_from_the_file_or_flags() {
         let config: Config = toml::from_str(
             r#"
