@@ -36,7 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// The limits one connection is served within.
+/// The limits every connection is served within (shared: each connection holds an `Arc`,
+/// not a copy, so a parked connection stays small).
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     /// Time a client gets to send a whole request head, idle keep-alive time included.
@@ -172,7 +173,7 @@ pub(crate) async fn serve(
     mut stream: TcpStream,
     mut buf: BytesMut,
     app: Router,
-    limits: Limits,
+    limits: Arc<Limits>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -1014,7 +1015,8 @@ mod tests {
     }
 
     /// A parked connect costs this future plus the handler's: keep it small (it was
-    /// 1,904 bytes before the request-reading phase moved into a box of its own).
+    /// 1,904 bytes before the request-reading phase moved into a box of its own, 1,016 before
+    /// the limits were shared behind an `Arc`, 960 after).
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1030,9 +1032,15 @@ mod tests {
             max_body: 1,
             held_path: Arc::from("/cometd"),
         };
-        let connection = serve(stream, BytesMut::new(), Router::new(), limits, stopping);
+        let connection = serve(
+            stream,
+            BytesMut::new(),
+            Router::new(),
+            Arc::new(limits),
+            stopping,
+        );
         let size = std::mem::size_of_val(&connection);
-        assert!(size <= 1100, "the connection future is {size} bytes");
+        assert!(size <= 1000, "the connection future is {size} bytes");
     }
 
     #[tokio::test]

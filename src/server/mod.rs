@@ -107,13 +107,13 @@ pub async fn serve(
     let sweeper = broker.spawn_sweeper();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
-    let limits = http1::Limits {
+    let limits = Arc::new(http1::Limits {
         header_timeout,
         body_timeout: Duration::from_millis(config.body_timeout),
         write_timeout: Duration::from_millis(config.write_timeout),
         max_body: config.max_body_bytes,
         held_path: Arc::from(config.path.trim_end_matches('/')),
-    };
+    });
     let (stop, stopping) = watch::channel(false);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
