@@ -285,6 +285,7 @@ async fn stats(State(api): State<ApiState>, headers: HeaderMap) -> Result<Respon
         "published": s.published,
         "delivered": s.delivered,
         "dropped": s.dropped,
+        "held_requests": crate::server::http1::held_requests(),
     }))
     .into_response())
 }

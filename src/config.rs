@@ -277,6 +277,9 @@ pub struct Config {
     pub header_timeout: Option<u64>,
     /// How long a client may take to send a request's body, ms.
     pub body_timeout: u64,
+    /// How long a client may take to read one answer, ms: one that stops reading (a zero
+    /// TCP window) loses its connection then, instead of pinning it and the answer.
+    pub write_timeout: u64,
     /// Idle time before TCP keepalive probes start, ms (whole seconds; at least 1 s);
     /// a peer that answers none of 3 probes is dropped, catching half-open sockets.
     pub tcp_keepalive: u64,
@@ -337,6 +340,7 @@ impl Default for Config {
             max_connections: 100_000,
             header_timeout: None,
             body_timeout: 10_000,
+            write_timeout: 30_000,
             tcp_keepalive: 30_000,
             max_sessions: 100_000,
             max_handshakes_per_second: 0,
@@ -481,6 +485,9 @@ pub struct Args {
     /// Time a client gets to send a request body, ms [default: 10000].
     #[arg(long, env = "HALLEY_BODY_TIMEOUT", value_name = "MS")]
     pub body_timeout: Option<u64>,
+    /// Time a client gets to read one answer before its connection is closed, ms [default: 30000].
+    #[arg(long, env = "HALLEY_WRITE_TIMEOUT", value_name = "MS")]
+    pub write_timeout: Option<u64>,
     /// Idle time before TCP keepalive probes catch a vanished peer, ms [default: 30000].
     #[arg(long, env = "HALLEY_TCP_KEEPALIVE", value_name = "MS")]
     pub tcp_keepalive: Option<u64>,
@@ -610,6 +617,7 @@ impl Config {
             shutdown_timeout,
             max_connections,
             body_timeout,
+            write_timeout,
             tcp_keepalive,
             max_sessions,
             max_handshakes_per_second,
@@ -696,8 +704,8 @@ impl Config {
         if self.tcp_keepalive < 1_000 {
             return invalid("tcp_keepalive must be at least 1000 ms");
         }
-        if self.header_timeout == Some(0) || self.body_timeout == 0 {
-            return invalid("header_timeout and body_timeout must be at least 1 ms");
+        if self.header_timeout == Some(0) || self.body_timeout == 0 || self.write_timeout == 0 {
+            return invalid("header_timeout, body_timeout and write_timeout must be at least 1 ms");
         }
         if self.cookie_same_site == SameSite::None && !self.cookie_secure {
             return invalid(
@@ -801,6 +809,21 @@ mod tests {
             (Coalescing::Off, 20)
         );
         let args = Args::try_parse_from(["halley", "--coalescing-ceiling", "1001"]).expect("args");
+        assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn the_write_timeout_defaults_to_30_s_and_is_at_least_1_ms() {
+        assert_eq!(Config::default().write_timeout, 30_000);
+        assert_eq!(
+            toml::from_str::<Config>("write_timeout = 5000")
+                .expect("file")
+                .write_timeout,
+            5000
+        );
+        let args = Args::try_parse_from(["halley", "--write-timeout", "250"]).expect("args");
+        assert_eq!(Config::load(args).expect("config").write_timeout, 250);
+        let args = Args::try_parse_from(["halley", "--write-timeout", "0"]).expect("args");
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
     }
 

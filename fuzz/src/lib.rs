@@ -76,3 +76,58 @@ fn object<'a>(bytes: &'a [u8], what: &str) -> HashMap<String, &'a RawValue> {
 fn raw<'a>(fields: &HashMap<String, &'a RawValue>, key: &str) -> Option<&'a str> {
     fields.get(key).map(|value| value.get())
 }
+
+/// Largest body in the HTTP/1.1 framing checks: small, so the 413 paths are reached.
+pub const HTTP1_MAX_BODY: usize = 1024;
+
+/// The HTTP/1.1 request reader's framing of `data` as one connection's bytes: the same
+/// requests (or the same refusal) whether the bytes arrive at once, byte by byte or split
+/// anywhere in two; each request framed once, in order, within the input; nothing after a
+/// refusal or a `Connection: close`. Returns the framing.
+pub fn check_http1_framing(data: &[u8]) -> Vec<halley::server::http1::Framed> {
+    use halley::server::http1::{Framed, frame};
+    let whole = frame(data, &[], HTTP1_MAX_BODY);
+    let every: Vec<usize> = (1..data.len()).collect();
+    assert_eq!(
+        frame(data, &every, HTTP1_MAX_BODY),
+        whole,
+        "byte by byte differs from one read"
+    );
+    // Every two-piece split for short inputs; a spread of them for long ones.
+    let step = (data.len() / 256).max(1);
+    for at in (1..data.len()).step_by(step) {
+        assert_eq!(
+            frame(data, &[at], HTTP1_MAX_BODY),
+            whole,
+            "split at {at} differs from one read"
+        );
+    }
+    let (last, requests) = whole.split_last().expect("framing always ends somehow");
+    let mut previous_end = 0;
+    for request in requests {
+        match request {
+            Framed::Request {
+                body, end, close, ..
+            } => {
+                assert!(*end > previous_end, "a request consumes bytes");
+                assert!(*end <= data.len(), "a request ends within the input");
+                assert!(body.len() <= HTTP1_MAX_BODY, "a body over the limit");
+                assert!(!close, "a request after Connection: close");
+                previous_end = *end;
+            }
+            other => panic!("{other:?} before the end of the framing"),
+        }
+    }
+    match last {
+        Framed::Request { end, body, .. } => {
+            assert!(*end > previous_end && *end <= data.len());
+            assert!(body.len() <= HTTP1_MAX_BODY);
+        }
+        Framed::Refused(status) => assert!(
+            [400, 413, 431, 501].contains(status),
+            "refused with {status}"
+        ),
+        Framed::Incomplete(_) => {}
+    }
+    whole
+}

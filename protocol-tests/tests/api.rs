@@ -309,7 +309,7 @@ async fn api_stats_counts_sessions_subscriptions_and_traffic() {
     let b = api_broker().await;
     assert_eq!(
         stats(&b).await,
-        json!({"sessions": 0, "subscriptions": 0, "published": 0, "delivered": 0, "dropped": 0})
+        json!({"sessions": 0, "subscriptions": 0, "published": 0, "delivered": 0, "dropped": 0, "held_requests": 0})
     );
     let a = b.session().await;
     let c = b.session().await;
@@ -327,7 +327,7 @@ async fn api_stats_counts_sessions_subscriptions_and_traffic() {
     b.publish(&c, "/st/2", json!(2)).await;
     assert_eq!(
         stats(&b).await,
-        json!({"sessions": 2, "subscriptions": 3, "published": 2, "delivered": 3, "dropped": 0})
+        json!({"sessions": 2, "subscriptions": 3, "published": 2, "delivered": 3, "dropped": 0, "held_requests": 0})
     );
     b.disconnect(&c).await;
     let s = stats(&b).await;

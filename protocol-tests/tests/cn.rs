@@ -58,14 +58,14 @@ async fn cn_3_lone_connect_is_held_for_the_timeout() {
 
 #[tokio::test]
 async fn cn_4_held_connect_is_released_by_a_matching_publish() {
-    let b = Broker::start(&["--timeout", "5000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "5000"]).await;
     let sub = b.session().await;
     b.subscribe(&sub, "/cn4/*").await;
     let publisher = b.session().await;
     let c = b.client();
     let s = sub.clone();
     let held = spawn_timed(async move { c.batch(json!([connect_msg("4", &s)])).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let published = Instant::now();
     b.publish(&publisher, "/cn4/room", json!({"text": "yo"}))
         .await;
@@ -88,7 +88,7 @@ async fn cn_4_held_connect_is_released_by_a_matching_publish() {
 
 #[tokio::test]
 async fn cn_5_connect_reply_id_matches_immediate_released_and_timed_out() {
-    let b = Broker::start(&["--timeout", "1000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "1000"]).await;
     let cid = b.handshake().await;
     // Immediate (first connect), with a numeric id.
     let msgs = b.batch(json!([connect_msg(41, &cid)])).await;
@@ -102,7 +102,7 @@ async fn cn_5_connect_reply_id_matches_immediate_released_and_timed_out() {
     let c = b.client();
     let s = cid.clone();
     let held = tokio::spawn(async move { c.batch(json!([connect_msg("cn5-released", &s)])).await });
-    sleep_ms(200).await;
+    b.wait_held(1).await;
     b.publish(&publisher, "/cn5", json!(1)).await;
     let msgs = held.await.unwrap();
     assert_eq!(data_on(&msgs, "/cn5"), vec![json!(1)]);
@@ -240,14 +240,14 @@ async fn cn_11_connect_with_queued_deliveries_is_answered_at_once() {
 
 #[tokio::test]
 async fn cn_12_second_connect_supersedes_the_held_one_with_http_500() {
-    let b = Broker::start(&["--timeout", "5000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "5000"]).await;
     let cid = b.session().await;
     b.subscribe(&cid, "/cn12").await;
     let c = b.client();
     let s = cid.clone();
     let first =
         spawn_timed(async move { c.post("/connect", json!([connect_msg("first", &s)])).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let c = b.client();
     let s = cid.clone();
     let second_sent = Instant::now();
@@ -262,7 +262,7 @@ async fn cn_12_second_connect_supersedes_the_held_one_with_http_500() {
         old_done - second_sent
     );
     // The newer connect is held normally and released by a delivery.
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     assert!(!second.is_finished(), "the newer connect was not held");
     let publisher = b.session().await;
     b.publish(&publisher, "/cn12", json!("go")).await;
@@ -276,13 +276,13 @@ async fn cn_12_second_connect_supersedes_the_held_one_with_http_500() {
 
 #[tokio::test]
 async fn cn_12_batched_connect_also_supersedes_the_held_one() {
-    let b = Broker::start(&["--timeout", "5000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "5000"]).await;
     let cid = b.session().await;
     let c = b.client();
     let s = cid.clone();
     let first =
         tokio::spawn(async move { c.post("/connect", json!([connect_msg("first", &s)])).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let msgs = b
         .batch(json!([connect_msg("second", &cid),
                       {"id": "s", "channel": "/meta/subscribe", "clientId": cid, "subscription": "/cn12b"}]))
@@ -298,7 +298,7 @@ async fn cn_12_batched_connect_also_supersedes_the_held_one() {
 
 #[tokio::test]
 async fn cn_13_no_connect_outcome_uses_http_408() {
-    let b = Broker::start(&["--timeout", "1000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "1000"]).await;
     let cid = b.handshake().await;
     let mut statuses = vec![];
     // Immediate, timed out.
@@ -320,7 +320,7 @@ async fn cn_13_no_connect_outcome_uses_http_408() {
             .await
             .status
     });
-    sleep_ms(200).await;
+    b.wait_held(1).await;
     let c = b.client();
     let s = cid.clone();
     let second = tokio::spawn(async move {
@@ -328,7 +328,11 @@ async fn cn_13_no_connect_outcome_uses_http_408() {
             .await
             .status
     });
-    sleep_ms(200).await;
+    // The first connect is answered (superseded) once the second is in; then the second is held.
+    while !first.is_finished() {
+        sleep_ms(10).await;
+    }
+    b.wait_held(1).await;
     b.disconnect(&cid).await;
     statuses.push(first.await.unwrap());
     statuses.push(second.await.unwrap());
@@ -399,12 +403,12 @@ fn with_timeout(mut msg: Value, timeout: i64) -> Value {
 
 #[tokio::test]
 async fn cn_15_connect_held_at_disconnect_gets_reconnect_none() {
-    let b = Broker::start(&["--timeout", "5000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "5000"]).await;
     let cid = b.session().await;
     let c = b.client();
     let s = cid.clone();
     let held = spawn_timed(async move { c.batch(json!([connect_msg("15", &s)])).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let sent = Instant::now();
     let msgs = b.disconnect(&cid).await;
     assert_eq!(msgs.last().unwrap()["successful"], true);
@@ -450,7 +454,15 @@ async fn cn_8_client_interval_is_not_reported_back() {
 
 #[tokio::test]
 async fn cn_delivery_interval_gathers_a_fast_stream_and_answers_a_quiet_session_at_once() {
-    let b = Broker::start(&["--timeout", "5000", "--delivery-interval", "1500"]).await;
+    let b = Broker::start(&[
+        "--api-key",
+        STATS_KEY,
+        "--timeout",
+        "5000",
+        "--delivery-interval",
+        "1500",
+    ])
+    .await;
     let sub = b.session().await;
     b.subscribe(&sub, "/cndi").await;
     let publisher = b.session().await;
@@ -462,7 +474,7 @@ async fn cn_delivery_interval_gathers_a_fast_stream_and_answers_a_quiet_session_
 
     // Nothing went out to the subscriber lately: its connect is released at once.
     let held = held_connect();
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let published = Instant::now();
     b.publish(&publisher, "/cndi", json!(1)).await;
     let (msgs, first_reply) = held.await.unwrap();
@@ -475,7 +487,7 @@ async fn cn_delivery_interval_gathers_a_fast_stream_and_answers_a_quiet_session_
 
     // The next deliveries come within the interval: they wait for it and go out together.
     let held = held_connect();
-    sleep_ms(100).await;
+    b.wait_held(1).await;
     b.publish(&publisher, "/cndi", json!(2)).await;
     b.publish(&publisher, "/cndi", json!(3)).await;
     let (msgs, second_reply) = held.await.unwrap();

@@ -56,22 +56,61 @@ fn decode_batch_seeds_pass_the_fuzz_checks() {
 
 #[test]
 fn decode_form_seeds_pass_the_fuzz_checks() {
-    for (_, data) in seeds("decode_form") {
-        if let Ok(mut batch) = decode_form(&data) {
-            checks::check_messages(&mut batch);
-        }
+    for (path, data) in seeds("decode_form") {
+        let mut batch = decode_form(&data).unwrap_or_else(|e| {
+            panic!(
+                "{}: a committed decode_form seed should decode: {e:?}",
+                path.display()
+            )
+        });
+        checks::check_messages(&mut batch);
     }
 }
 
 #[test]
 fn decode_body_seeds_pass_the_fuzz_checks() {
-    for (_, data) in seeds("decode_body") {
-        let Some((&selector, body)) = data.split_first() else {
-            continue;
-        };
+    for (path, data) in seeds("decode_body") {
+        let (&selector, body) = data
+            .split_first()
+            .unwrap_or_else(|| panic!("{}: an empty decode_body seed", path.display()));
         let content_type = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
-        if let Ok(mut batch) = decode_body(content_type, body) {
-            checks::check_messages(&mut batch);
+        let mut batch = decode_body(content_type, body).unwrap_or_else(|e| {
+            panic!(
+                "{}: a committed decode_body seed should decode: {e:?}",
+                path.display()
+            )
+        });
+        checks::check_messages(&mut batch);
+    }
+}
+
+/// `ok-*` seeds frame into requests only; `refused-*` seeds end in a refusal.
+#[test]
+fn http1_frame_seeds_pass_the_fuzz_checks() {
+    use halley::server::http1::Framed;
+    for (path, data) in seeds("http1_frame") {
+        let framed = checks::check_http1_framing(&data);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let refused = matches!(framed.last(), Some(Framed::Refused(_)));
+        let requests = framed
+            .iter()
+            .filter(|f| matches!(f, Framed::Request { .. }))
+            .count();
+        if name.starts_with("ok-") {
+            assert!(
+                !refused && requests > 0,
+                "{}: should frame into requests, framed {framed:?}",
+                path.display()
+            );
+        } else {
+            assert!(
+                name.starts_with("refused-") && refused,
+                "{}: should be refused (and named refused-*), framed {framed:?}",
+                path.display()
+            );
         }
     }
 }

@@ -224,13 +224,20 @@ async fn ses_8_connect_only_delivery_keeps_deliveries_off_other_responses() {
 
 #[tokio::test]
 async fn ses_8_connect_only_delivery_releases_the_held_connect() {
-    let b = Broker::start(&["--timeout", "5000", "--connect-only-delivery"]).await;
+    let b = Broker::start(&[
+        "--api-key",
+        STATS_KEY,
+        "--timeout",
+        "5000",
+        "--connect-only-delivery",
+    ])
+    .await;
     let sub = b.session().await;
     b.subscribe(&sub, "/ses8").await;
     let c = b.client();
     let s = sub.clone();
     let held = spawn_timed(async move { c.connect(&s).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     // The session's own publish: its copy may not ride on the publish response, so it wakes the connect.
     let sent = Instant::now();
     let msgs = b.publish(&sub, "/ses8", json!("own")).await;
@@ -242,7 +249,7 @@ async fn ses_8_connect_only_delivery_releases_the_held_connect() {
     let c = b.client();
     let s = sub.clone();
     let held = spawn_timed(async move { c.connect(&s).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let other = b.session().await;
     let sent = Instant::now();
     b.publish(&other, "/ses8", json!("other")).await;
@@ -272,12 +279,12 @@ async fn ses_9_deliveries_leave_the_queue_in_fifo_order() {
 
 #[tokio::test]
 async fn ses_10_requests_are_served_while_a_connect_of_the_session_is_held() {
-    let b = Broker::start(&["--timeout", "5000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "5000"]).await;
     let cid = b.session().await;
     let c = b.client();
     let s = cid.clone();
     let held = tokio::spawn(async move { c.connect(&s).await });
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     let start = Instant::now();
     b.publish(&cid, "/ses10/elsewhere", json!(1)).await;
     b.subscribe(&cid, "/ses10/mine").await;
@@ -351,7 +358,7 @@ async fn ses_11_long_polling_subscribers_get_every_concurrent_publish_once_in_or
     const PUBLISHERS: usize = 4;
     const EACH: usize = 25;
     const TOTAL: usize = PUBLISHERS * EACH;
-    let b = Broker::start(&["--timeout", "2000"]).await;
+    let b = Broker::start(&["--api-key", STATS_KEY, "--timeout", "2000"]).await;
     let mut subscribers = vec![];
     for _ in 0..SUBSCRIBERS {
         let cid = b.session().await;
@@ -371,7 +378,7 @@ async fn ses_11_long_polling_subscribers_get_every_concurrent_publish_once_in_or
             (cid, got)
         }));
     }
-    sleep_ms(300).await;
+    b.wait_held(6).await;
     let mut publishers = vec![];
     for i in 0..PUBLISHERS {
         let c = b.client();

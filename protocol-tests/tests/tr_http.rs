@@ -188,6 +188,8 @@ async fn tr_http_6_strict_binding_rejects_a_missing_cookie() {
 #[tokio::test]
 async fn tr_http_7_aborted_held_connect_frees_the_slot_and_starts_expiry() {
     let b = Broker::start(&[
+        "--api-key",
+        STATS_KEY,
         "--timeout",
         "3000",
         "--max-interval",
@@ -207,10 +209,10 @@ async fn tr_http_7_aborted_held_connect_frees_the_slot_and_starts_expiry() {
         &json!([connect_msg("c", &first)]).to_string().into_bytes(),
     );
     tcp.write_all(&req).await.unwrap();
-    sleep_ms(300).await;
+    b.wait_held(1).await;
     drop(tcp);
     let aborted = Instant::now();
-    sleep_ms(200).await;
+    b.wait_held(0).await;
     // The browser slot is free: the second session's connect is held (here for its own 500 ms).
     let start = Instant::now();
     let msgs = tab

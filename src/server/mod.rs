@@ -1,19 +1,24 @@
 //! The HTTP server: the router over the broker, binding, and graceful shutdown.
 
-mod http1;
+#[doc(hidden)]
+pub mod http1;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::any;
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -148,11 +153,13 @@ pub async fn serve_with(
     let coalescing = broker.spawn_coalescing();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = Duration::from_millis(config.effective_header_timeout());
-    let limits = http1::Limits {
+    let limits = Arc::new(http1::Limits {
         header_timeout,
         body_timeout: Duration::from_millis(config.body_timeout),
+        write_timeout: Duration::from_millis(config.write_timeout),
         max_body: config.max_body_bytes,
-    };
+        held_path: Arc::from(config.path.trim_end_matches('/')),
+    });
     let (stop, stopping) = watch::channel(false);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
@@ -188,14 +195,17 @@ pub async fn serve_with(
         tokio::spawn(async move {
             // The header timeout covers the first bytes too: a client that never sends
             // one would otherwise hold its connection (and permit) forever.
-            let h2 =
-                tokio::time::timeout(limits.header_timeout, http1::opens_with_h2_preface(&stream));
-            match h2.await {
-                Ok(Ok(Some(false))) => http1::serve(stream, app, limits, stopping).await,
+            let opening = tokio::time::timeout(limits.header_timeout, http1::opening(&stream));
+            match opening.await {
+                Ok(http1::Opening::Http1(read)) => {
+                    http1::serve(stream, read, app, limits, stopping).await
+                }
                 // Boxed: hyper's HTTP/2 connection state would otherwise double the size of
                 // every connection task.
-                Ok(Ok(Some(true))) => Box::pin(serve_h2(stream, app, &limits, stopping)).await,
-                _ => {}
+                Ok(http1::Opening::H2(read)) => {
+                    Box::pin(serve_h2(Rewind::new(read, stream), app, &limits, stopping)).await
+                }
+                Ok(http1::Opening::Closed) | Err(_) => {}
             }
             drop(permit);
         });
@@ -231,7 +241,7 @@ pub async fn serve_with(
 /// Serves an HTTP/2 connection (prior knowledge, as `curl --http2-prior-knowledge`;
 /// browsers only speak HTTP/2 over TLS, i.e. through a proxy) with hyper's server.
 async fn serve_h2(
-    stream: TcpStream,
+    stream: Rewind,
     app: Router,
     limits: &http1::Limits,
     mut stopping: watch::Receiver<bool>,
@@ -256,6 +266,64 @@ async fn serve_h2(
     };
     if let Err(error) = result {
         tracing::debug!(%error, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// A socket whose first bytes were already read (to tell HTTP/2 from HTTP/1.x): reads
+/// return those first, then the socket's, so hyper sees the connection from its start.
+struct Rewind {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    fn new(read: Bytes, stream: TcpStream) -> Rewind {
+        Rewind { read, stream }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -82,6 +82,7 @@ async fn an_aborted_held_connect_frees_its_slot_and_ages() {
         browser_id: Some("browser1".into()),
         multiplexed: false,
         connect_only: false,
+        ..RequestContext::default()
     };
     let alice = session_as(&broker, &ctx).await;
     let held = held_connect_as(&broker, &alice, "h", ctx.clone());
@@ -112,6 +113,7 @@ async fn a_second_tab_gets_multiple_clients_advice_but_a_reload_does_not() {
         browser_id: Some("tabs".into()),
         multiplexed: false,
         connect_only: false,
+        ..RequestContext::default()
     };
     let tab1 = session_as(&broker, &ctx).await;
     let tab2 = session_as(&broker, &ctx).await;
@@ -152,6 +154,7 @@ async fn multi_session_interval_zero_stops_the_extra_tab() {
         browser_id: Some("b".into()),
         multiplexed: false,
         connect_only: false,
+        ..RequestContext::default()
     };
     let tab1 = session_as(&broker, &ctx).await;
     let tab2 = session_as(&broker, &ctx).await;
