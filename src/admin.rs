@@ -46,10 +46,14 @@ pub trait BrokerReport: Send + Sync + 'static {
 }
 
 impl BrokerReport for Broker {
-    fn busiest_channels(&self, _limit: usize) -> Vec<ChannelLoad> {
-        // The subscription tree is the broker's; until it counts subscribers per
-        // channel the page says so instead of guessing.
-        Vec::new()
+    fn busiest_channels(&self, limit: usize) -> Vec<ChannelLoad> {
+        Broker::busiest_channels(self, limit)
+            .into_iter()
+            .map(|(channel, subscribers)| ChannelLoad {
+                channel,
+                subscribers,
+            })
+            .collect()
     }
 }
 
@@ -274,7 +278,7 @@ pub fn snapshot(broker: &Broker, metrics: &Metrics, history: &History) -> Snapsh
         sessions_by_transport: totals.sessions_by_transport,
         held_connects: totals.held_connects,
         open_websockets: totals.open_websockets,
-        busiest_channels: broker.busiest_channels(BUSIEST),
+        busiest_channels: BrokerReport::busiest_channels(broker, BUSIEST),
         totals: SnapshotTotals {
             published: stats.published,
             delivered: stats.delivered,

@@ -279,9 +279,6 @@ struct Values {
     delivery_latency: AtomicHistogram,
     engine_rtt: AtomicHistogram,
     engine_reconnects: AtomicU64,
-    /// The broker totals already folded into the counters by
-    /// [`Metrics::observe_broker_totals`]: (published, delivered, dropped).
-    folded: [AtomicU64; 3],
 }
 
 /// Every metric of one broker. Cheap to call from any thread: each method is one or two
@@ -331,7 +328,6 @@ impl Metrics {
             delivery_latency: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
             engine_rtt: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
             engine_reconnects: AtomicU64::new(0),
-            folded: zeroes(),
         });
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition(values.clone())));
@@ -423,26 +419,14 @@ impl Metrics {
         bump(&self.values.engine_reconnects, 1);
     }
 
-    /// Folds the broker's own totals ([`crate::broker::Stats`]) into the metrics: live
-    /// sessions and subscriptions, and whatever publishes, deliveries and queue-full
-    /// drops happened since the last call. Called by the sampler and at each scrape,
-    /// until the broker calls [`Metrics::publish`], [`Metrics::delivered`] and
-    /// [`Metrics::dropped`] itself (then this only sets the two gauges).
+    /// Sets the gauges the broker's own sizes give ([`crate::broker::Stats`]): live
+    /// sessions and subscriptions. Called by the sampler and at each scrape; every other
+    /// figure the broker counts as it happens.
     pub fn observe_broker_totals(&self, stats: &crate::broker::Stats) {
         let v = &self.values;
         v.sessions.store(clamp(stats.sessions), Ordering::Relaxed);
         v.subscriptions
             .store(clamp(stats.subscriptions), Ordering::Relaxed);
-        let fold = |slot: usize, total: u64, counter: &AtomicU64| {
-            // fetch_max: concurrent callers (sampler and a scrape) never count twice.
-            let before = v.folded[slot].fetch_max(total, Ordering::Relaxed);
-            if total > before {
-                bump(counter, total - before);
-            }
-        };
-        fold(0, stats.published, &v.publishes[Outcome::Ok as usize]);
-        fold(1, stats.delivered, &v.deliveries);
-        fold(2, stats.dropped, &v.drops[DropReason::QueueFull as usize]);
     }
 
     /// Totals for the admin page's charts, read without any lock.
@@ -733,24 +717,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
-    }
-
-    #[test]
-    fn broker_totals_are_folded_once() {
-        let m = Metrics::new();
-        let stats = |published| crate::broker::Stats {
-            sessions: 2,
-            subscriptions: 3,
-            published,
-            delivered: published * 2,
-            dropped: 0,
-        };
-        m.observe_broker_totals(&stats(5));
-        m.observe_broker_totals(&stats(5));
-        m.observe_broker_totals(&stats(4));
-        m.observe_broker_totals(&stats(7));
-        let t = m.totals();
-        assert_eq!((t.publishes, t.deliveries), (7, 14));
     }
 
     #[test]

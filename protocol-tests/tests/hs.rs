@@ -53,21 +53,31 @@ async fn hs_3_successful_reply_never_advises_handshake() {
     }
 }
 
+/// The handshake reply's connection types, as strings.
+fn connection_types(reply: &Value) -> Vec<String> {
+    reply["supportedConnectionTypes"]
+        .as_array()
+        .expect("supportedConnectionTypes")
+        .iter()
+        .map(|t| t.as_str().expect("a string").to_string())
+        .collect()
+}
+
 #[tokio::test]
-async fn hs_4_transports_include_long_polling_and_not_websocket() {
+async fn hs_4_transports_are_the_enabled_ones_websocket_first() {
     // callback-polling is asserted with the JSONP handshake in tr_cb.rs.
     let b = Broker::fast().await;
     let msgs = b.batch(js_handshake()).await;
-    let types: Vec<&str> = msgs[0]["supportedConnectionTypes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    assert!(types.contains(&"long-polling"), "{types:?}");
-    assert!(
-        !types.contains(&"websocket"),
-        "websocket is advertised but upgrades are refused: {types:?}"
+    assert_eq!(
+        connection_types(&msgs[0]),
+        ["websocket", "long-polling", "callback-polling"]
+    );
+    // A transport that is not offered is not advertised: clients switch to what is listed.
+    let b = Broker::start(&["--transports", "long-polling,callback-polling"]).await;
+    let msgs = b.batch(js_handshake()).await;
+    assert_eq!(
+        connection_types(&msgs[0]),
+        ["long-polling", "callback-polling"]
     );
 }
 

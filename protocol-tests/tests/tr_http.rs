@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use halley_protocol_tests::*;
 use tokio::io::AsyncWriteExt;
 
+/// With `websocket` not among `--transports`, an upgrade is refused at once, so clients fall
+/// back to long-polling without waiting (a valid upgrade is otherwise answered 101: ws.rs).
 #[tokio::test]
-async fn tr_http_1_websocket_upgrade_is_refused_at_once() {
-    let b = Broker::fast().await;
+async fn tr_http_1_websocket_upgrade_is_refused_at_once_when_not_offered() {
+    let b = Broker::start(&["--transports", "long-polling,callback-polling"]).await;
     for suffix in ["", "/"] {
         let mut tcp = b.tcp().await;
         let req = b.http1_request(
@@ -24,14 +26,36 @@ async fn tr_http_1_websocket_upgrade_is_refused_at_once() {
         );
         let start = Instant::now();
         let r = exchange(&mut tcp, &req).await;
-        assert!(
-            (400..500).contains(&r.status),
-            "upgrade answered {} {:?}",
-            r.status,
-            r.body
-        );
+        assert_eq!(r.status, 400, "upgrade answered {} {:?}", r.status, r.body);
         assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
     }
+    // Offered: the same request is switched.
+    let b = Broker::fast().await;
+    let mut tcp = b.tcp().await;
+    let req = b.http1_request(
+        "GET",
+        "",
+        &[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        b"",
+    );
+    tcp.write_all(&req).await.expect("write");
+    let mut head = vec![0u8; 256];
+    let n = tokio::time::timeout(PROMPT, tokio::io::AsyncReadExt::read(&mut tcp, &mut head))
+        .await
+        .expect("answered at once")
+        .expect("read");
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
 }
 
 #[tokio::test]

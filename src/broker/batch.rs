@@ -10,6 +10,7 @@ use super::session::Session;
 use super::{
     Broker, CONNECT, DISCONNECT, Removal, ReplyBatch, RequestContext, SUBSCRIBE, UNSUBSCRIBE,
 };
+use crate::metrics::{Outcome as MetricOutcome, Refusal};
 use crate::protocol::{Advice, BayeuxError, Message, Reply};
 
 impl Broker {
@@ -36,7 +37,7 @@ impl Broker {
             let reply = if deleted.get(i) == Some(&true) {
                 Some(Reply::failed(message, BayeuxError::MessageDeleted).encode())
             } else {
-                match self.process_message(message, session) {
+                match self.process_message(message, session, ctx) {
                     Processed::Reply(reply) => Some(reply),
                     Processed::Connect => None,
                     Processed::Published(reply, fan_out) => {
@@ -59,6 +60,9 @@ impl Broker {
                 let mut state = s.lock();
                 if state.removed.is_none() {
                     let max_bytes = self.shared.config.max_response_bytes;
+                    if !(state.connect_only || ctx.connect_only) {
+                        self.observe_drain(&state.outbox.queue);
+                    }
                     if state.connect_only
                         || ctx.connect_only
                         || !state.outbox.queue.drain_bounded(&mut messages, max_bytes)
@@ -86,7 +90,13 @@ impl Broker {
     }
 
     /// Acts on one message of a batch.
-    fn process_message(&self, message: &Message, session: Option<&Arc<Session>>) -> Processed {
+    fn process_message(
+        &self,
+        message: &Message,
+        session: Option<&Arc<Session>>,
+        ctx: &RequestContext,
+    ) -> Processed {
+        let metrics = &self.shared.metrics;
         let Some(channel) = message.channel.as_deref() else {
             return Processed::Reply(Reply::failed(message, BayeuxError::ChannelMissing).encode());
         };
@@ -100,19 +110,29 @@ impl Broker {
         let session = session.filter(|s| message.client_id.as_deref() == Some(&*s.client_id));
         let Some(session) = session else {
             let mut reply = Reply::failed(message, BayeuxError::SessionUnknown);
-            if channel == CONNECT {
-                reply.advice = Some(Advice::HANDSHAKE);
+            match channel {
+                CONNECT => {
+                    metrics.connect(MetricOutcome::UnknownClient);
+                    reply.advice = Some(Advice::HANDSHAKE);
+                }
+                SUBSCRIBE => metrics.subscribe(MetricOutcome::UnknownClient),
+                UNSUBSCRIBE | DISCONNECT => {}
+                _ => metrics.publish(MetricOutcome::UnknownClient),
             }
             return Processed::Reply(reply.encode());
         };
         let result = match channel {
             CONNECT => {
-                return match self.begin_batched_connect(session, message) {
+                return match self.begin_batched_connect(session, message, ctx.transport) {
                     Some(gone) => Processed::Reply(gone),
                     None => Processed::Connect,
                 };
             }
-            SUBSCRIBE => self.subscribe(message, session),
+            SUBSCRIBE => {
+                let result = self.subscribe(message, session);
+                metrics.subscribe(self.count_outcome(&result));
+                result
+            }
             UNSUBSCRIBE => self.unsubscribe(message, session),
             DISCONNECT => {
                 self.remove_session(session, Removal::Disconnected);
@@ -120,10 +140,15 @@ impl Broker {
             }
             _ => match self.publish_from(message, channel, session) {
                 Ok(Some(fan_out)) => {
+                    metrics.publish(MetricOutcome::Ok);
                     return Processed::Published(Reply::to(message).encode(), fan_out);
                 }
                 Ok(None) => Ok(()),
-                Err(error) => Err(error),
+                Err(error) => {
+                    let result = Err(error);
+                    metrics.publish(self.count_outcome(&result));
+                    result
+                }
             },
         };
         Processed::Reply(encode_reply(message, result))
@@ -139,6 +164,23 @@ enum Processed {
     Connect,
     /// A publish's reply, and its fan-out to run before the next message.
     Published(Bytes, FanOut),
+}
+
+impl Broker {
+    /// The metric outcome of a subscribe or publish; a refusal by a channel rule is also
+    /// counted as one.
+    pub(super) fn count_outcome(&self, result: &Result<(), BayeuxError>) -> MetricOutcome {
+        match result {
+            Ok(()) => MetricOutcome::Ok,
+            Err(BayeuxError::SubscribeDenied(_) | BayeuxError::PublishDenied(_)) => {
+                self.shared.metrics.refused(Refusal::ChannelRule);
+                MetricOutcome::Denied
+            }
+            Err(BayeuxError::SessionUnknown) => MetricOutcome::UnknownClient,
+            Err(BayeuxError::ServerBusy | BayeuxError::ServerUnavailable) => MetricOutcome::Busy,
+            Err(_) => MetricOutcome::Invalid,
+        }
+    }
 }
 
 /// The encoded reply to `message` for the result of acting on it.

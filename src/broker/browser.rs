@@ -5,6 +5,7 @@
 
 use super::session::Session;
 use super::{Broker, ReplyBatch, RequestContext};
+use crate::metrics::{Outcome, Refusal};
 use crate::protocol::{Advice, Message, Reply};
 
 impl Broker {
@@ -12,6 +13,8 @@ impl Broker {
     /// or stop.
     pub(super) fn multiple_clients(&self, session: &Session, message: &Message) -> ReplyBatch {
         let config = &self.shared.config;
+        self.shared.metrics.refused(Refusal::BrowserConnects);
+        self.shared.metrics.connect(Outcome::Busy);
         let mut reply = Reply::to(message);
         if config.multi_session_interval > 0 {
             let interval = config.multi_session_interval as u64;

@@ -5,7 +5,7 @@
 //! until a delivery, a newer connection, the session's removal, shutdown or its timeout
 //! wakes it. A connect batched with other messages is never held, but otherwise takes the
 //! same steps: [`Broker::open_connect`] first, the delivery interval, then
-//! [`Broker::write_connect_reply`].
+//! `connect_answer`.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -15,9 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::extensions::{self, AckState};
+use super::outbox::DeliveryQueue;
 use super::outbox::{Attachment, Wake};
 use super::session::{Session, SessionState};
 use super::{Broker, Outcome, Removal, ReplyBatch, RequestContext};
+use crate::metrics::{Outcome as MetricOutcome, Transport};
 use crate::protocol::{Advice, BayeuxError, Message, Reply};
 
 /// How a connect reply ends the client's connect loop.
@@ -65,7 +67,7 @@ impl Broker {
         let hold = self.hold_of(message);
         let step = {
             let mut state = session.lock();
-            let first = match self.open_connect(&mut state, message) {
+            let first = match self.open_connect(&mut state, message, ctx.transport) {
                 Ok(first) => first,
                 Err(gone) => return Outcome::Reply(ReplyBatch::single(gone)),
             };
@@ -87,6 +89,7 @@ impl Broker {
                 };
                 let (attachment, _) = state.outbox.attach(browser_slot);
                 session.set_deadline(u64::MAX);
+                self.shared.metrics.connect_held();
                 Step::Hold(attachment)
             }
         };
@@ -109,7 +112,10 @@ impl Broker {
                         Ending::Open,
                         self.delivery_wait(&session.lock(), hold, true),
                     ),
-                    Ok(Wake::Superseded) => return Outcome::Superseded,
+                    Ok(Wake::Superseded) => {
+                        self.shared.metrics.connect(MetricOutcome::Superseded);
+                        return Outcome::Superseded;
+                    }
                     Ok(Wake::ShuttingDown) => (Ending::Drain, Duration::ZERO),
                     // The reply says whether the session is gone.
                     Ok(Wake::Removed) => (Ending::Open, Duration::ZERO),
@@ -136,8 +142,10 @@ impl Broker {
         &self,
         session: &Session,
         message: &Message,
+        transport: Transport,
     ) -> Option<Bytes> {
-        self.open_connect(&mut session.lock(), message).err()
+        self.open_connect(&mut session.lock(), message, transport)
+            .err()
     }
 
     /// Answers the connects of a batch once its other messages are done: after the
@@ -171,11 +179,24 @@ impl Broker {
     /// What every connect does first: refuses a removed session (the 402 reply), takes
     /// delivery over from a held connect of the session, marks the session connected and
     /// applies its acknowledgement. `Ok(true)`: this is the session's first connect.
-    fn open_connect(&self, state: &mut SessionState, message: &Message) -> Result<bool, Bytes> {
+    fn open_connect(
+        &self,
+        state: &mut SessionState,
+        message: &Message,
+        transport: Transport,
+    ) -> Result<bool, Bytes> {
+        let metrics = &self.shared.metrics;
         if let Some(removal) = state.removed {
+            metrics.connect(MetricOutcome::UnknownClient);
             let mut reply = Reply::failed(message, removal.error());
             reply.advice = Some(Advice::HANDSHAKE);
             return Err(reply.encode());
+        }
+        if state.transport != transport {
+            // Faye and aiocometd handshake over HTTP, then connect over a socket.
+            metrics.session_closed(state.transport);
+            metrics.session_opened(transport);
+            state.transport = transport;
         }
         // A reload's browser slot is freed first, so it is not taken for a second tab.
         self.release_browser_slot(state.outbox.supersede().as_deref());
@@ -185,6 +206,16 @@ impl Broker {
             ack.acknowledge(batch);
         }
         Ok(!std::mem::replace(&mut state.connected, true))
+    }
+
+    /// Records what a reply is about to take from `queue`: its depth, and how long its
+    /// oldest delivery waited (publish to delivery).
+    pub(super) fn observe_drain(&self, queue: &DeliveryQueue) {
+        if let Some(age) = queue.oldest_age() {
+            let metrics = &self.shared.metrics;
+            metrics.queue_depth(queue.len());
+            metrics.delivery_latency(age.as_secs_f64());
+        }
     }
 
     /// How long `connect` may be held: the client's `advice.timeout`, at most the
@@ -247,6 +278,7 @@ impl Broker {
     /// Writes what a connect reply carries: the queue, or for an ack session every
     /// unacknowledged delivery (BAYEUX.md 6.2); and notes when, for the delivery interval.
     fn write_connect_deliveries(&self, state: &mut SessionState, out: &mut Vec<Bytes>) {
+        self.observe_drain(&state.outbox.queue);
         let before = out.len();
         match state.ack.as_mut() {
             Some(ack) => ack.flush(&mut state.outbox.queue, self.shared.config.max_queue, out),
@@ -273,6 +305,7 @@ impl Broker {
         ending: Ending,
     ) -> Bytes {
         let config = &self.shared.config;
+        self.shared.metrics.connect(MetricOutcome::Ok);
         let mut reply = Reply::to(message);
         match ending {
             Ending::Open => {
@@ -319,6 +352,7 @@ struct HeldGuard<'a> {
 
 impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
+        self.broker.shared.metrics.connect_released();
         let mut state = self.session.lock();
         self.broker
             .release_held(self.session, &mut state, self.attachment);
@@ -371,7 +405,7 @@ impl Broker {
     ) -> Result<ReplyBatch, PushConnect> {
         let hold = self.hold_of(message);
         let mut state = session.lock();
-        let first = match self.open_connect(&mut state, message) {
+        let first = match self.open_connect(&mut state, message, Transport::WebSocket) {
             Ok(first) => first,
             Err(gone) => return Ok(ReplyBatch::single(gone)),
         };
@@ -385,6 +419,7 @@ impl Broker {
         }
         let (attachment, _) = state.outbox.attach(None);
         session.set_deadline(u64::MAX);
+        self.shared.metrics.connect_held();
         Err(PushConnect {
             broker: self.clone(),
             session: session.clone(),
@@ -404,7 +439,13 @@ impl PushConnect {
     /// Waits until the outbox wakes this connect, and says what to do.
     pub async fn woken(&self) -> PushWake {
         match self.session.woken(self.attachment).await {
-            Wake::Superseded => PushWake::Superseded,
+            Wake::Superseded => {
+                self.broker
+                    .shared
+                    .metrics
+                    .connect(MetricOutcome::Superseded);
+                PushWake::Superseded
+            }
             Wake::Removed | Wake::ShuttingDown => PushWake::Answer,
             Wake::Deliver => {
                 let mut state = self.session.lock();
@@ -412,6 +453,7 @@ impl PushConnect {
                     return PushWake::Answer;
                 }
                 let max_bytes = self.broker.shared.config.max_response_bytes;
+                self.broker.observe_drain(&state.outbox.queue);
                 let mut out = Vec::new();
                 if !state.outbox.queue.drain_bounded(&mut out, max_bytes) {
                     // One frame at a time: the rest goes in the next.
@@ -440,6 +482,7 @@ impl PushConnect {
 
 impl Drop for PushConnect {
     fn drop(&mut self) {
+        self.broker.shared.metrics.connect_released();
         let mut state = self.session.lock();
         self.broker
             .release_held(&self.session, &mut state, self.attachment);

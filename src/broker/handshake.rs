@@ -13,15 +13,16 @@ use super::{
     Broker, HandshakeRequest, HandshakeVerdict, ReplyBatch, RequestContext, SessionEvent, read,
     write,
 };
+use crate::metrics::{Outcome, Refusal};
 use crate::protocol::{Advice, BAYEUX_VERSION, BayeuxError, Message, Reply};
 
 impl Broker {
     /// Why a new session cannot be taken now, if it cannot: the session limit, or the
     /// handshake rate limit (a token bucket refilled at `max_handshakes_per_second`).
-    fn over_capacity(&self) -> Option<&'static str> {
+    fn over_capacity(&self) -> Option<Refusal> {
         let config = &self.shared.config;
         if read(&self.shared.sessions).len() >= config.max_sessions {
-            return Some("session limit reached");
+            return Some(Refusal::Sessions);
         }
         let rate = f64::from(config.max_handshakes_per_second);
         if rate > 0.0 {
@@ -35,7 +36,7 @@ impl Broker {
             let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
             if tokens < 1.0 {
                 *bucket = (tokens, now);
-                return Some("handshake rate limit reached");
+                return Some(Refusal::HandshakeRate);
             }
             *bucket = (tokens - 1.0, now);
         }
@@ -45,7 +46,9 @@ impl Broker {
     pub(super) fn handshake(&self, message: &Message, ctx: &RequestContext) -> ReplyBatch {
         let config = &self.shared.config;
         let mut reply = Reply::to(message);
+        let metrics = &self.shared.metrics;
         if self.shared.shutting_down.load(Ordering::SeqCst) {
+            metrics.handshake(Outcome::Busy);
             reply.fail(BayeuxError::ServerUnavailable);
             // The configured interval, as on drained connects: aiocometd reads it as seconds.
             reply.advice = Some(Advice {
@@ -55,7 +58,9 @@ impl Broker {
             return ReplyBatch::single(reply.encode());
         }
         if let Some(why) = self.over_capacity() {
-            tracing::warn!(reason = why, "handshake refused");
+            tracing::warn!(reason = why.as_str(), "handshake refused");
+            metrics.handshake(Outcome::Busy);
+            metrics.refused(why);
             reply.fail(BayeuxError::ServerBusy);
             reply.advice = Some(Advice {
                 interval: Some(config.busy_interval),
@@ -79,6 +84,8 @@ impl Broker {
             } => (identity, reply_ext, expires),
             HandshakeVerdict::Deny { reason } => {
                 tracing::info!(%reason, "handshake denied");
+                metrics.handshake(Outcome::Denied);
+                metrics.refused(Refusal::Credentials);
                 reply.fail(BayeuxError::HandshakeDenied);
                 reply.advice = Some(Advice::NONE);
                 return ReplyBatch::single(reply.encode());
@@ -95,12 +102,14 @@ impl Broker {
             config.connect_only_delivery,
             self.now_ms() + config.interval + config.max_interval,
             |state| {
+                state.transport = ctx.transport;
                 if ack {
                     state.ack = Some(Box::new(AckState::new()));
                     state.connect_only = true;
                 }
             },
         );
+        metrics.handshake(Outcome::Ok);
         reply.client_id = Some(&session.client_id);
         reply.version = Some(BAYEUX_VERSION);
         reply.minimum_version = Some(BAYEUX_VERSION);
@@ -141,7 +150,12 @@ impl Broker {
             connect_only,
             deadline,
         ));
-        setup(&mut session.lock());
+        let transport = {
+            let mut state = session.lock();
+            setup(&mut state);
+            state.transport
+        };
+        self.shared.metrics.session_opened(transport);
         write(&self.shared.sessions).insert(client_id, session.clone());
         tracing::debug!(client_id = %session.client_id, "session created");
         self.emit(SessionEvent::Opened {

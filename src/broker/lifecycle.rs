@@ -11,6 +11,7 @@ use super::outbox::Wake;
 use super::session::Session;
 use super::{Broker, Removal, SessionEvent, Shared, read, write};
 use crate::engine::Interest;
+use crate::metrics::DropReason;
 use crate::protocol::message::server_disconnect;
 use crate::protocol::{BayeuxError, ChannelName};
 
@@ -203,7 +204,15 @@ impl Broker {
         } else {
             let mut gone = Vec::new();
             state.outbox.queue.drain_into(&mut gone);
+            if !gone.is_empty() {
+                let reason = match why {
+                    Removal::Overflow => DropReason::Overflow,
+                    _ => DropReason::SessionGone,
+                };
+                self.shared.metrics.dropped(reason, gone.len() as u64);
+            }
         }
+        self.shared.metrics.session_closed(state.transport);
         Some(std::mem::take(&mut state.subscriptions))
     }
 

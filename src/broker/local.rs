@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::outbox::{Attachment, Wake};
 use super::session::{Identity, Session};
 use super::{Broker, Removal};
+use crate::metrics::Transport;
 use crate::protocol::{BayeuxError, Message};
 
 /// A session owned by Rust code in the same process. It never expires; dropping it
@@ -35,6 +36,7 @@ impl Broker {
         // Deadline `u64::MAX` and no expiry: the sweeper never expires it.
         let session = self.open_session(None, identity, false, u64::MAX, |state| {
             state.connected = true;
+            state.transport = Transport::Local;
         });
         LocalSession {
             broker: self.clone(),

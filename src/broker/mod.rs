@@ -346,6 +346,11 @@ impl Broker {
         }
     }
 
+    /// At most `limit` channel patterns with the most local subscribers, most first.
+    pub fn busiest_channels(&self, limit: usize) -> Vec<(String, usize)> {
+        read(&self.shared.tree).busiest(limit)
+    }
+
     /// Processes one request's batch. Completes at once unless the batch carries a
     /// `/meta/connect` that is held, or whose reply waits out the delivery interval.
     pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::config::OverflowPolicy;
 
@@ -50,6 +51,9 @@ pub(crate) struct DeliveryQueue {
     capacity: usize,
     /// Deliveries dropped since the client was last told.
     dropped_unreported: u64,
+    /// When the oldest queued delivery was queued (about: after a partial drain, when the
+    /// drain happened), for the publish-to-delivery latency metric.
+    since: Option<Instant>,
 }
 
 impl DeliveryQueue {
@@ -58,11 +62,15 @@ impl DeliveryQueue {
             items: VecDeque::new(),
             capacity: capacity.max(1),
             dropped_unreported: 0,
+            since: None,
         }
     }
 
     /// Appends `message`, applying the overflow policy when the queue is full.
     pub fn push(&mut self, message: Bytes, policy: OverflowPolicy) -> Enqueued {
+        if self.items.is_empty() {
+            self.since = Some(Instant::now());
+        }
         if self.items.len() < self.capacity {
             self.items.push_back(message);
             return Enqueued::Queued;
@@ -80,12 +88,23 @@ impl DeliveryQueue {
 
     /// Appends a message that must not be lost to the bound (the server's disconnect notice).
     pub fn push_unbounded(&mut self, message: Bytes) {
+        if self.items.is_empty() {
+            self.since = Some(Instant::now());
+        }
         self.items.push_back(message);
+    }
+
+    /// How long the oldest queued delivery has waited, if any waits.
+    pub fn oldest_age(&self) -> Option<std::time::Duration> {
+        self.since
+            .filter(|_| !self.items.is_empty())
+            .map(|at| at.elapsed())
     }
 
     /// Moves every queued delivery, in order, to `out`.
     pub fn drain_into(&mut self, out: &mut Vec<Bytes>) {
         out.extend(self.items.drain(..));
+        self.since = None;
     }
 
     /// Moves queued deliveries, in order, to `out` while they add up to at most
@@ -100,6 +119,7 @@ impl DeliveryQueue {
             }
             out.extend(self.items.pop_front());
         }
+        self.since = (!self.items.is_empty()).then(Instant::now);
         self.items.is_empty()
     }
 

@@ -18,6 +18,7 @@ use super::session::Session;
 use super::tree::{Matches, SubscriberKey};
 use super::{Broker, read};
 use crate::engine::Publish;
+use crate::metrics::DropReason;
 use crate::protocol::{BayeuxError, ChannelClass, ChannelName, Delivery, Message, Publisher};
 
 impl Broker {
@@ -42,11 +43,14 @@ impl Broker {
             .ok_or(BayeuxError::ChannelMissing)?;
         let name = ChannelName::for_publish(channel, Publisher::Server)
             .map_err(|e| BayeuxError::for_publish(channel, e))?;
-        if !self.policy().can_publish(None, &name) {
-            return Err(BayeuxError::PublishDenied(channel.to_string()));
-        }
-        let fan_out = self.broadcast(&name, &message, None)?;
-        Ok(self.fan_out_now(&fan_out))
+        let result = if self.policy().can_publish(None, &name) {
+            self.broadcast(&name, &message, None)
+        } else {
+            Err(BayeuxError::PublishDenied(channel.to_string()))
+        };
+        let counted = result.as_ref().map(drop).map_err(Clone::clone);
+        self.shared.metrics.publish(self.count_outcome(&counted));
+        Ok(self.fan_out_now(&result?))
     }
 
     /// A publish by `session` (a client or an in-process session): a service channel
@@ -180,6 +184,7 @@ impl Broker {
                 Enqueued::DroppedOldest => {
                     queued += 1;
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.dropped(DropReason::QueueFull, 1);
                     tracing::debug!(client_id = %session.client_id, "queue full: dropped the oldest delivery");
                 }
                 Enqueued::Overflow => {
@@ -194,6 +199,7 @@ impl Broker {
         counters
             .delivered
             .fetch_add(queued as u64, Ordering::Relaxed);
+        self.shared.metrics.delivered(queued as u64);
         queued
     }
 }

@@ -14,6 +14,7 @@ use super::extensions::AckState;
 use super::outbox::{Attachment, Outbox, Wake};
 use super::tree::SubscriberKey;
 use super::{Removal, SessionInfo};
+use crate::metrics::Transport;
 
 /// The mutable part of a session.
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub(crate) struct SessionState {
     /// When the last connect reply carrying deliveries was written, µs since the broker's
     /// epoch (for `delivery_interval`); `None` before the first.
     pub delivered_at: Option<NonZeroU64>,
+    /// The transport its last handshake or connect came over (sessions by transport).
+    pub transport: Transport,
 }
 
 /// Who the security policy authenticated, and until when the session may live.
@@ -98,6 +101,7 @@ impl Session {
                 connect_only,
                 ack: None,
                 delivered_at: None,
+                transport: Transport::default(),
             }),
         }
     }

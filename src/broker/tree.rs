@@ -172,6 +172,17 @@ impl<V: Clone> SubscriptionTree<V> {
         Matches { sets }
     }
 
+    /// At most `limit` patterns with the most subscribers, most first (the admin page's
+    /// busiest channels). Walks the whole tree: for operators' pages, not the hot path.
+    pub fn busiest(&self, limit: usize) -> Vec<(String, usize)> {
+        let mut found = Vec::new();
+        let mut path = String::new();
+        collect(&self.root, &mut path, &mut found);
+        found.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        found.truncate(limit);
+        found
+    }
+
     /// How many (subscriber, pattern) pairs the tree holds.
     pub fn len(&self) -> usize {
         self.count
@@ -188,6 +199,33 @@ fn path_of<'a>(pattern: &ChannelName<'a>) -> impl Iterator<Item = &'a str> + use
     let skip_last = pattern.wildcard().is_some();
     let count = pattern.segments().count() - usize::from(skip_last);
     pattern.segments().take(count)
+}
+
+/// Adds every pattern under `node` (whose name is `path`) with its subscriber count.
+/// Recursion depth is bounded by `channel::MAX_SEGMENTS`.
+fn collect<V>(node: &Node<V>, path: &mut String, found: &mut Vec<(String, usize)>) {
+    let counts = [
+        ("", node.exact.len()),
+        ("/*", node.one.len()),
+        ("/**", node.many.len()),
+    ];
+    for (suffix, count) in counts {
+        if count > 0 {
+            let name = if path.is_empty() && suffix.is_empty() {
+                "/"
+            } else {
+                path.as_str()
+            };
+            found.push((format!("{name}{suffix}"), count));
+        }
+    }
+    for (segment, child) in &node.children {
+        let len = path.len();
+        path.push('/');
+        path.push_str(segment);
+        collect(child, path, found);
+        path.truncate(len);
+    }
 }
 
 /// Recursion depth is bounded by `channel::MAX_SEGMENTS`.
@@ -265,6 +303,22 @@ mod tests {
         }
         assert_eq!(matching(&tree, "/a/b"), vec![42]);
         assert_eq!(tree.len(), 4);
+    }
+
+    #[test]
+    fn the_busiest_patterns_come_first() {
+        let mut tree = SubscriptionTree::default();
+        for key in 0..3 {
+            tree.insert(&name("/chat/room"), key, key);
+        }
+        tree.insert(&name("/chat/*"), 7, 7);
+        tree.insert(&name("/**"), 8, 8);
+        tree.insert(&name("/**"), 9, 9);
+        assert_eq!(
+            tree.busiest(2),
+            vec![("/chat/room".to_string(), 3), ("/**".to_string(), 2)]
+        );
+        assert_eq!(tree.busiest(10).len(), 3);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use http_body_util::BodyExt;
 use socket2::SockRef;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::transport::{Takeover, TakeoverFn};
@@ -176,10 +176,10 @@ pub(crate) async fn serve(
     mut buf: BytesMut,
     app: Router,
     limits: Arc<Limits>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     loop {
-        let next = Box::pin(next_request(&mut stream, &mut buf, &limits, &mut shutdown));
+        let next = Box::pin(next_request(&mut stream, &mut buf, &limits, &shutdown));
         let Some((request, mut close)) = next.await else {
             return;
         };
@@ -198,7 +198,7 @@ pub(crate) async fn serve(
         let Some(response) = response else {
             return; // the client left; dropping the request released what it held
         };
-        close |= *shutdown.borrow();
+        close |= shutdown.is_cancelled();
         // Boxed: writing is brief, and its state must not grow every parked connection.
         let written = Box::pin(answer(
             &mut stream,
@@ -316,11 +316,11 @@ async fn next_request(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     limits: &Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Option<(Request<Body>, bool)> {
     let head = tokio::select! {
         head = tokio::time::timeout(limits.header_timeout, read_head(stream, buf, limits.max_body)) => head,
-        _ = shutdown.wait_for(|stop| *stop) => return None,
+        () = shutdown.cancelled() => return None,
     };
     let (head, mut body) = match head {
         Ok(Ok(Some(found))) => found,
@@ -1055,7 +1055,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let (_stop, stopping) = watch::channel(false);
+        let stopping = CancellationToken::new();
         let limits = Limits {
             header_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),

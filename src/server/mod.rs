@@ -20,7 +20,9 @@ use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::admin::{self, History};
@@ -47,10 +49,9 @@ pub enum ServerError {
 }
 
 /// The metrics and admin-page history of one served broker, shared by the router, the
-/// accept loop, the `--metrics-listen` listener and the sampler. Until the broker holds
-/// its own `Arc<Metrics>`, the server makes it here; each broker gets its own, so
-/// tests running several brokers in one process stay apart.
-#[derive(Debug, Clone, Default)]
+/// accept loop, the `--metrics-listen` listener and the sampler. The metrics are the
+/// broker's own, so tests running several brokers in one process stay apart.
+#[derive(Debug, Clone)]
 pub struct Telemetry {
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
@@ -58,10 +59,21 @@ pub struct Telemetry {
     pub history: Arc<History>,
 }
 
+impl Telemetry {
+    /// The telemetry of `broker`: its metrics and a fresh history.
+    pub fn of(broker: &Broker) -> Telemetry {
+        Telemetry {
+            metrics: broker.metrics().clone(),
+            history: Arc::default(),
+        }
+    }
+}
+
 /// The whole HTTP application for `broker`: the Bayeux endpoint at the configured path,
 /// everything below it, and nothing else; with fresh [`Telemetry`].
 pub fn app(broker: Broker) -> Router {
-    app_with(broker, &Telemetry::default())
+    let telemetry = Telemetry::of(&broker);
+    app_with(broker, &telemetry)
 }
 
 /// [`app`] reporting into `telemetry`.
@@ -134,7 +146,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let config = broker.config().clone();
-    let telemetry = Telemetry::default();
+    let telemetry = Telemetry::of(&broker);
     let app = app_with(broker.clone(), &telemetry);
     let sweeper = broker.spawn_sweeper();
     let sampler = admin::spawn_sampler(
@@ -160,7 +172,9 @@ pub async fn serve_with(
         max_body: config.max_body_bytes,
         held_path: Arc::from(config.path.trim_end_matches('/')),
     });
-    let (stop, stopping) = watch::channel(false);
+    // Tells every connection to finish; the tracker knows when they all have.
+    let stopping = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -192,7 +206,7 @@ pub async fn serve_with(
         tracing::trace!(target: "halley::http", remote = %peer, "connection accepted");
         tune(&stream, Duration::from_millis(config.tcp_keepalive));
         let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             // The header timeout covers the first bytes too: a client that never sends
             // one would otherwise hold its connection (and permit) forever.
             let opening = tokio::time::timeout(limits.header_timeout, http1::opening(&stream));
@@ -213,12 +227,12 @@ pub async fn serve_with(
     drop(listener);
     tracing::info!("shutting down: answering held connects, refusing handshakes");
     broker.shutdown();
-    let _ = stop.send(true);
-    // Every connection holds a permit until it ends: having them all back means every
-    // in-flight request was answered.
-    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    stopping.cancel();
+    // Every connection is a tracked task: all of them done means every in-flight request
+    // was answered.
+    tracker.close();
     let deadline = Duration::from_millis(config.shutdown_timeout);
-    if tokio::time::timeout(deadline, connections.acquire_many(all))
+    if tokio::time::timeout(deadline, tracker.wait())
         .await
         .is_err()
     {
@@ -244,7 +258,7 @@ async fn serve_h2(
     stream: Rewind,
     app: Router,
     limits: &http1::Limits,
-    mut stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     let app = tower::ServiceBuilder::new()
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
@@ -255,7 +269,7 @@ async fn serve_h2(
     tokio::pin!(connection);
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
-        _ = stopping.wait_for(|stop| *stop) => None,
+        () = stopping.cancelled() => None,
     };
     let result = match ended {
         Some(result) => result,

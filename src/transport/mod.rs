@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Outcome, RequestContext};
 use crate::config::{Config, SameSite, Transport};
@@ -45,7 +45,7 @@ pub fn connection_types(config: &Config) -> Vec<&'static str> {
 /// What takes a connection over once its response is written: the server hands it
 /// the socket, the bytes it already read past the request, and the shutdown signal.
 pub type TakeoverFn = Box<
-    dyn FnOnce(TcpStream, Bytes, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+    dyn FnOnce(TcpStream, Bytes, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send,
 >;
 
@@ -60,7 +60,7 @@ impl Takeover {
         serve: impl FnOnce(
             TcpStream,
             Bytes,
-            watch::Receiver<bool>,
+            CancellationToken,
         ) -> Pin<Box<dyn Future<Output = ()> + Send>>
         + Send
         + 'static,

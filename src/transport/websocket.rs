@@ -28,13 +28,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use super::{Takeover, json_array};
 use crate::broker::{Broker, PushConnect, PushWake, ReplyBatch, RequestContext};
@@ -44,8 +44,6 @@ use crate::protocol::decode_batch;
 /// front, would dwarf everything else an idle socket holds; a Bayeux frame is usually a
 /// few hundred bytes, and a larger one grows the buffer while it is read.
 const READ_BUFFER: usize = 512;
-/// How long one frame may take to be written before the socket is given up.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// CometD's `maxNetworkDelay`: how late a client's next frame may be after it was due.
 const NETWORK_DELAY: Duration = Duration::from_secs(10);
 
@@ -165,12 +163,14 @@ async fn serve(
     ctx: RequestContext,
     stream: TcpStream,
     read: Bytes,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let config = broker.config();
     let limit = config.max_body_bytes;
     let ping = Duration::from_millis(config.websocket_ping_interval);
     let idle = Duration::from_millis(config.timeout) + NETWORK_DELAY + ping;
+    // A client that stops reading is given up after this, its queue meanwhile bounded.
+    let deadline = Duration::from_millis(config.write_timeout);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -179,6 +179,8 @@ async fn serve(
     let mut socket =
         WebSocketStream::from_partially_read(stream, read.to_vec(), Role::Server, Some(ws_config))
             .await;
+    let metrics = broker.metrics().clone();
+    metrics.websocket_opened();
     let mut held: Option<PushConnect> = None;
     let mut heard = Instant::now();
     let mut next_ping = (!ping.is_zero()).then(|| heard + ping);
@@ -197,17 +199,17 @@ async fn serve(
             frame = socket.next() => Event::Frame(frame),
             wake = woken(held.as_ref()) => Event::Woken(wake),
             () = &mut timer => Event::Timer,
-            _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
+            () = shutdown.cancelled() => Event::Shutdown,
         };
         let step = match event {
             Event::Frame(frame) => {
                 heard = Instant::now();
-                on_frame(&broker, &ctx, &mut socket, &mut held, frame).await
+                on_frame(&broker, &ctx, &mut socket, deadline, &mut held, frame).await
             }
             Event::Woken(PushWake::Deliver(deliveries)) => {
-                send(&mut socket, json_array(&deliveries)).await
+                send(&mut socket, deadline, json_array(&deliveries)).await
             }
-            Event::Woken(PushWake::Answer) => answer(&mut socket, &mut held).await,
+            Event::Woken(PushWake::Answer) => answer(&mut socket, deadline, &mut held).await,
             Event::Woken(PushWake::Superseded) => {
                 held = None;
                 Ok(())
@@ -215,18 +217,18 @@ async fn serve(
             Event::Timer => {
                 let now = Instant::now();
                 if held.as_ref().is_some_and(|c| c.deadline() <= now) {
-                    answer(&mut socket, &mut held).await
+                    answer(&mut socket, deadline, &mut held).await
                 } else if now >= heard + idle {
                     Err(End::Close(CloseCode::Away, "idle timeout"))
                 } else if next_ping.is_some_and(|at| at <= now) {
                     next_ping = Some(now + ping);
-                    write(&mut socket, Frame::Ping(Bytes::new())).await
+                    write(&mut socket, deadline, Frame::Ping(Bytes::new())).await
                 } else {
                     Ok(())
                 }
             }
             Event::Shutdown => {
-                let answered = answer(&mut socket, &mut held).await;
+                let answered = answer(&mut socket, deadline, &mut held).await;
                 answered.and(Err(End::Close(CloseCode::Away, "server shutting down")))
             }
         };
@@ -241,8 +243,9 @@ async fn serve(
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(Some(close))).await;
+        let _ = tokio::time::timeout(deadline, socket.close(Some(close))).await;
     }
+    metrics.websocket_closed();
 }
 
 /// Waits for the held connect to be woken; never, when none is held.
@@ -258,6 +261,7 @@ async fn on_frame(
     broker: &Broker,
     ctx: &RequestContext,
     socket: &mut WebSocketStream<TcpStream>,
+    deadline: Duration,
     held: &mut Option<PushConnect>,
     frame: Option<Result<Frame, WsError>>,
 ) -> Result<(), End> {
@@ -281,7 +285,7 @@ async fn on_frame(
         Some(Err(_)) => return Err(End::Gone),
     };
     if text.trim() == "[]" {
-        return send(socket, b"[]".to_vec()).await;
+        return send(socket, deadline, b"[]".to_vec()).await;
     }
     let mut batch = Vec::new();
     if let Err(error) = decode_batch(text.as_bytes(), &mut batch) {
@@ -296,7 +300,7 @@ async fn on_frame(
     }
     match reply {
         Some(ReplyBatch { messages, .. }) if !messages.is_empty() => {
-            send(socket, json_array(&messages)).await
+            send(socket, deadline, json_array(&messages)).await
         }
         _ => Ok(()),
     }
@@ -305,25 +309,34 @@ async fn on_frame(
 /// Answers the held connect, if any.
 async fn answer(
     socket: &mut WebSocketStream<TcpStream>,
+    deadline: Duration,
     held: &mut Option<PushConnect>,
 ) -> Result<(), End> {
     match held.take() {
-        Some(connect) => send(socket, json_array(&connect.answer().messages)).await,
+        Some(connect) => send(socket, deadline, json_array(&connect.answer().messages)).await,
         None => Ok(()),
     }
 }
 
 /// Sends one JSON array as a text frame.
-async fn send(socket: &mut WebSocketStream<TcpStream>, array: Vec<u8>) -> Result<(), End> {
+async fn send(
+    socket: &mut WebSocketStream<TcpStream>,
+    deadline: Duration,
+    array: Vec<u8>,
+) -> Result<(), End> {
     match Utf8Bytes::try_from(Bytes::from(array)) {
-        Ok(text) => write(socket, Frame::Text(text)).await,
+        Ok(text) => write(socket, deadline, Frame::Text(text)).await,
         Err(_) => Err(End::Close(CloseCode::Error, "internal error")),
     }
 }
 
-/// Writes a frame within the write deadline.
-async fn write(socket: &mut WebSocketStream<TcpStream>, frame: Frame) -> Result<(), End> {
-    match tokio::time::timeout(WRITE_TIMEOUT, socket.send(frame)).await {
+/// Writes a frame within the write deadline (`--write-timeout`).
+async fn write(
+    socket: &mut WebSocketStream<TcpStream>,
+    deadline: Duration,
+    frame: Frame,
+) -> Result<(), End> {
+    match tokio::time::timeout(deadline, socket.send(frame)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(End::Gone),
     }
