@@ -254,7 +254,16 @@ async fn chunked_bodies_are_framed_as_strictly_as_hyper_frames_them() {
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_connection_after_the_write_timeout() {
     // One connection at a time: while the stalled answer pins it, no other connection is served.
-    let b = Broker::start(&["--max-connections", "1", "--write-timeout", "1000"]).await;
+    // Replies unbounded in bytes here, so the stalled answer is far larger than the socket buffers.
+    let b = Broker::start(&[
+        "--max-connections",
+        "1",
+        "--write-timeout",
+        "1000",
+        "--max-response-bytes",
+        "67108864",
+    ])
+    .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket

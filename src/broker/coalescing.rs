@@ -23,7 +23,7 @@
 //! Nothing per session: a session's only input is its `delivered_at`, which the delivery
 //! interval keeps anyway.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub(super) const HOT: Duration = Duration::from_millis(8);
 pub(super) const CALM: Duration = Duration::from_millis(3);
 /// How many calm samples in a row (250 ms) before the interval is lowered one step.
 pub(super) const CALM_TICKS: u32 = 25;
+/// How often the lag is sampled while nothing could be coalesced (no reply with
+/// deliveries since the last sample, interval zero): an idle server sleeps.
+pub(super) const IDLE_TICK: Duration = Duration::from_millis(250);
 /// The least non-zero interval: a shorter wait would barely fill a reply.
 pub(super) const STEP: Duration = Duration::from_millis(4);
 
@@ -94,12 +97,28 @@ impl Controller {
 pub(super) struct Coalescing {
     /// The controller's output, µs; 0 while the server has cores to spare.
     interval_us: AtomicU64,
+    /// Whether a connect reply with deliveries was prepared since the sampler last looked.
+    active: AtomicBool,
 }
 
 impl Coalescing {
     /// How long a busy session's replies are spaced now; zero when not saturated.
     pub(super) fn interval(&self) -> Duration {
         Duration::from_micros(self.interval_us.load(Ordering::Relaxed))
+    }
+
+    /// Notes that a reply with deliveries is being prepared: the sampler keeps its short
+    /// tick while this happens. Read before written, so a busy server does not contend
+    /// on the flag.
+    pub(super) fn note_activity(&self) {
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether there was activity since the last call.
+    fn take_activity(&self) -> bool {
+        self.active.swap(false, Ordering::Relaxed)
     }
 
     /// Publishes the controller's output.
@@ -121,8 +140,9 @@ impl Broker {
         let mut controller = Controller::new(Duration::from_millis(config.coalescing_ceiling));
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         Some(tokio::spawn(async move {
+            let mut tick = TICK;
             loop {
-                let asked = Instant::now() + TICK;
+                let asked = Instant::now() + tick;
                 tokio::time::sleep_until(asked).await;
                 let lag = Instant::now().saturating_duration_since(asked);
                 let Some(shared) = weak.upgrade() else { return };
@@ -131,6 +151,12 @@ impl Broker {
                     tracing::debug!(?lag, ?interval, "coalescing interval changed");
                 }
                 shared.coalescing.set(interval);
+                let busy = shared.coalescing.take_activity();
+                tick = if busy || !interval.is_zero() {
+                    TICK
+                } else {
+                    IDLE_TICK
+                };
             }
         }))
     }

@@ -233,7 +233,8 @@ impl Broker {
     /// which the client's request timeout allows for. Ack sessions keep the fixed floor only.
     fn delivery_wait(&self, state: &SessionState, hold: u64, adaptive: bool) -> Duration {
         let mut interval_us = self.shared.config.delivery_interval * 1_000;
-        if adaptive && state.ack.is_none() {
+        if adaptive && state.ack.is_none() && !state.outbox.queue.is_empty() {
+            self.shared.coalescing.note_activity();
             interval_us = interval_us.max(self.shared.coalescing.interval().as_micros() as u64);
         }
         match state.delivered_at {
