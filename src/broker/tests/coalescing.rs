@@ -3,7 +3,7 @@
 //! sessions, batched connects and `timeout: 0` connects behave as without it.
 
 use super::*;
-use crate::broker::coalescing::{CALM_TICKS, Controller, TICK};
+use crate::broker::coalescing::{CALM_TICKS, Controller, IDLE_TICK, TICK};
 
 const SATURATED: Duration = Duration::from_millis(30);
 const IDLE: Duration = Duration::from_micros(200);
@@ -97,9 +97,15 @@ async fn a_stalled_event_loop_turns_it_on_and_calm_turns_it_off() {
     settle().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(broker.shared.coalescing.interval(), Duration::ZERO, "idle");
+    // Replies with deliveries bring the sampler from its idle tick to its short one.
+    for _ in 0..(IDLE_TICK.as_millis() / TICK.as_millis() + 2) {
+        broker.shared.coalescing.note_activity();
+        tokio::time::sleep(TICK).await;
+    }
     // The clock jumps while the sampler cannot run: it wakes 30 ms late, as behind a
     // burst of a thousand woken connects.
     for _ in 0..5 {
+        broker.shared.coalescing.note_activity();
         tokio::time::advance(TICK + SATURATED).await;
         settle().await;
     }
