@@ -16,8 +16,11 @@ from html import escape
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import HALLEYS, NAMES, PEERS, get, median  # noqa: E402
 
-COLORS = {"halley": "#3559e0", "halley-di50": "#7a9bff", "faye": "#f79009", "cometd": "#12b76a",
+COLORS = {"halley": "#3559e0", "halley-off": "#5b7cf0", "halley-di50": "#7a9bff",
+          "halley-ws": "#1b2f8a", "faye": "#f79009", "faye-ws": "#b54708", "cometd": "#12b76a",
           "halley-base": "#98a2b3"}
+# Servers added later than this table get a grey rather than a crash.
+DEFAULT_COLOR = "#667085"
 WIDTH = 960
 LEFT = 230  # room for the case and server names
 RIGHT = 110  # room for the value labels
@@ -68,7 +71,7 @@ def throughput(cases, y):
             y += GAP
             w = span * vals[s] / top
             out.append(text(LEFT - 8, y + BAR - 3, NAMES[s].replace("`", ""), 11, "end"))
-            out.append(f'<rect x="{LEFT}" y="{y}" width="{w:.1f}" height="{BAR}" fill="{COLORS[s]}"/>')
+            out.append(f'<rect x="{LEFT}" y="{y}" width="{w:.1f}" height="{BAR}" fill="{COLORS.get(s, DEFAULT_COLOR)}"/>')
             out.append(text(LEFT + w + 6, y + BAR - 3, fmt(vals[s]), 11))
             y += BAR
     return out, y + 10
@@ -104,8 +107,8 @@ def latency(cases, y):
             p50, p99 = vals[s]
             rows.append(text(LEFT - 8, y + BAR - 3, NAMES[s].replace("`", ""), 11, "end"))
             rows.append(f'<rect x="{LEFT}" y="{y}" width="{pos(p99) - LEFT:.1f}" height="{BAR}" '
-                        f'fill="{COLORS[s]}" fill-opacity="0.35"/>')
-            rows.append(f'<rect x="{LEFT}" y="{y}" width="{pos(p50) - LEFT:.1f}" height="{BAR}" fill="{COLORS[s]}"/>')
+                        f'fill="{COLORS.get(s, DEFAULT_COLOR)}" fill-opacity="0.35"/>')
+            rows.append(f'<rect x="{LEFT}" y="{y}" width="{pos(p50) - LEFT:.1f}" height="{BAR}" fill="{COLORS.get(s, DEFAULT_COLOR)}"/>')
             rows.append(text(pos(p99) + 6, y + BAR - 3, f"{fmt(p50)} / {fmt(p99)}", 11))
             y += BAR
     y += 8

@@ -9,8 +9,8 @@
 //!   expiry and routing. Knows nothing of HTTP.
 //! - [`engine`]: carries publishes between the nodes of a cluster; in-memory (one
 //!   process) by default.
-//! - [`transport`]: one file per Bayeux transport, adapting HTTP requests to broker
-//!   batches and back.
+//! - [`transport`]: one file per Bayeux transport (long-polling, callback-polling,
+//!   websocket), adapting HTTP requests and WebSocket frames to broker batches and back.
 //! - [`server`]: the axum router, the accept loop and its own lean HTTP/1.1 connection
 //!   server (a parked connect holds no buffer), binding and graceful shutdown.
 //! - [`api`]: the backend HTTP API (`/api/publish`, `/api/stats`, `/api/disconnect`,

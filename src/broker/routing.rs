@@ -148,17 +148,24 @@ impl Broker {
     }
 
     /// Runs a fan-out in chunks of [`FAN_OUT_CHUNK`] sessions, letting other tasks in
-    /// between, so one publish to a huge audience does not hold its worker. Returns how
-    /// many sessions it reached.
+    /// whenever it has held its worker for [`FAN_OUT_SLICE`], so one publish to a huge
+    /// audience does not stall the tasks behind it. A fan-out shorter than that runs in
+    /// one go: yielding inside it would send its first recipients' replies before the
+    /// rest were queued, and fewer, fuller replies are what long-polling lives on.
+    /// Returns how many sessions it reached.
     pub(super) async fn fan_out_yielding(&self, fan_out: FanOut) -> usize {
         if fan_out.targets.len_upper_bound() <= FAN_OUT_CHUNK {
             return self.fan_out_now(&fan_out);
         }
         let mut recipients = fan_out.recipients().peekable();
         let mut reached = 0;
+        let mut slice = std::time::Instant::now();
         while recipients.peek().is_some() {
             reached += self.deliver(&fan_out, recipients.by_ref().take(FAN_OUT_CHUNK));
-            tokio::task::yield_now().await;
+            if slice.elapsed() >= FAN_OUT_SLICE && recipients.peek().is_some() {
+                tokio::task::yield_now().await;
+                slice = std::time::Instant::now();
+            }
         }
         reached
     }
@@ -204,8 +211,10 @@ impl Broker {
     }
 }
 
-/// Sessions served between two yields of a large fan-out.
+/// Sessions served between two looks at the clock during a large fan-out.
 const FAN_OUT_CHUNK: usize = 1024;
+/// How long a fan-out may hold its worker before it lets other tasks in.
+const FAN_OUT_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A publish on its way to this node's sessions: the subscriber sets it matched, the
 /// delivery serialized once, and the publisher if it does not get its own copy.

@@ -26,14 +26,6 @@ fn saturated_broker() -> (Broker, Controller) {
     (broker, controller)
 }
 
-fn news(reply: &[Value]) -> Vec<Value> {
-    reply
-        .iter()
-        .filter(|m| m["channel"] == "/news")
-        .map(|m| m["data"].clone())
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn saturated_a_fast_stream_rides_on_fewer_replies_and_a_quiet_session_waits_for_nothing() {
     let (broker, _controller) = saturated_broker();

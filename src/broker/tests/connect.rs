@@ -273,13 +273,6 @@ async fn timesync_p_covers_the_hold() {
     assert!((300..5_000).contains(&p), "p = {p} ms for a 300 ms hold");
 }
 
-fn data_of(reply: &[Value]) -> Vec<Value> {
-    reply
-        .iter()
-        .filter(|m| m["channel"] == "/news")
-        .map(|m| m["data"].clone())
-        .collect()
-}
 #[tokio::test(start_paused = true)]
 async fn delivery_interval_spaces_a_sessions_replies_but_not_a_quiet_ones() {
     let broker = broker_with(|c| c.delivery_interval = 100);
@@ -299,7 +292,7 @@ async fn delivery_interval_spaces_a_sessions_replies_but_not_a_quiet_ones() {
     settle().await;
     let started = Instant::now();
     publish(&broker, &alice, "/news", json!(1)).await;
-    assert_eq!(data_of(&held.await.expect("task")), [json!(1)]);
+    assert_eq!(news(&held.await.expect("task")), [json!(1)]);
     within(started, 0);
 
     // Within 100 ms of that reply, what follows waits for the interval and goes out as one.
@@ -308,13 +301,13 @@ async fn delivery_interval_spaces_a_sessions_replies_but_not_a_quiet_ones() {
     publish(&broker, &alice, "/news", json!(2)).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
     publish(&broker, &alice, "/news", json!(3)).await;
-    assert_eq!(data_of(&held.await.expect("task")), [json!(2), json!(3)]);
+    assert_eq!(news(&held.await.expect("task")), [json!(2), json!(3)]);
     within(started, 100);
 
     // A connect arriving with deliveries queued waits out the interval too.
     publish(&broker, &alice, "/news", json!(4)).await;
     let reply = send(&broker, connect(&bob, "5")).await;
-    assert_eq!(data_of(&reply), [json!(4)]);
+    assert_eq!(news(&reply), [json!(4)]);
     assert_eq!(reply.last().expect("connect reply")["successful"], true);
     within(started, 200);
 
@@ -324,7 +317,7 @@ async fn delivery_interval_spaces_a_sessions_replies_but_not_a_quiet_ones() {
     settle().await;
     let started = Instant::now();
     publish(&broker, &alice, "/news", json!(5)).await;
-    assert_eq!(data_of(&held.await.expect("task")), [json!(5)]);
+    assert_eq!(news(&held.await.expect("task")), [json!(5)]);
     within(started, 0);
 }
 
@@ -336,10 +329,7 @@ async fn a_connect_batched_with_other_messages_waits_out_the_delivery_interval_t
     subscribe(&broker, &bob, "/news").await;
     publish(&broker, &alice, "/news", json!(1)).await;
     let started = Instant::now();
-    assert_eq!(
-        data_of(&send(&broker, connect(&bob, "3")).await),
-        [json!(1)]
-    );
+    assert_eq!(news(&send(&broker, connect(&bob, "3")).await), [json!(1)]);
     assert_eq!(
         started.elapsed(),
         Duration::ZERO,
@@ -360,7 +350,7 @@ async fn a_connect_batched_with_other_messages_waits_out_the_delivery_interval_t
     publish(&broker, &alice, "/news", json!(3)).await;
     let reply = reply.await.expect("task");
     assert_eq!(started.elapsed(), Duration::from_millis(100));
-    assert_eq!(data_of(&reply), [json!(2), json!(3)]);
+    assert_eq!(news(&reply), [json!(2), json!(3)]);
     let replies: Vec<&str> = reply.iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(
         replies,
@@ -383,11 +373,11 @@ async fn a_connect_held_on_a_new_connection_takes_over_without_loss_or_duplicate
     assert_eq!(old.await.expect("task"), vec![json!("superseded")]);
     publish(&broker, &alice, "/news", json!(1)).await;
     let reply = new.await.expect("task");
-    assert_eq!(data_of(&reply), [json!(1)]);
+    assert_eq!(news(&reply), [json!(1)]);
     let again = send(
         &broker,
         json!([{"id": "5", "channel": "/meta/connect", "clientId": bob, "advice": {"timeout": 0}}]),
     )
     .await;
-    assert!(data_of(&again).is_empty(), "delivered once: {again:?}");
+    assert!(news(&again).is_empty(), "delivered once: {again:?}");
 }

@@ -109,6 +109,15 @@ fn held_connect_as(
     tokio::spawn(async move { send_as(&broker, &ctx, body).await })
 }
 
+/// The data of the `/news` deliveries in a reply, in order.
+fn news(reply: &[Value]) -> Vec<Value> {
+    reply
+        .iter()
+        .filter(|m| m["channel"] == "/news")
+        .map(|m| m["data"].clone())
+        .collect()
+}
+
 /// Lets spawned requests run up to their await points.
 async fn settle() {
     for _ in 0..10 {

@@ -278,7 +278,7 @@ async fn a_large_fan_out_lets_other_tasks_run_between_chunks() {
     let broker = broker();
     let alice = session(&broker).await;
     let mut locals = Vec::new();
-    for _ in 0..5_000 {
+    for _ in 0..200_000 {
         let local = broker.open_local_session(None);
         local.subscribe("/all").expect("subscribe");
         locals.push(local);
@@ -298,10 +298,10 @@ async fn a_large_fan_out_lets_other_tasks_run_between_chunks() {
     publish(&broker, &alice, "/all", json!(1)).await;
     let during = ticks.load(Ordering::SeqCst) - before;
     ticker.abort();
-    // 5,000 recipients in chunks of 1,024: the other task ran between them.
+    // 200,000 recipients take several 2 ms slices: the other task ran between them.
     assert!(
-        during >= 4,
+        during >= 1,
         "the other task ran {during} times during the fan-out"
     );
-    assert_eq!(broker.stats().delivered, 5_000);
+    assert_eq!(broker.stats().delivered, 200_000);
 }
