@@ -243,6 +243,10 @@ pub struct Config {
     /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
     /// idle timeouts of proxies, which would otherwise close a quiet socket.
     pub websocket_ping_interval: u64,
+    /// Test only: a path that echoes every WebSocket message back, so that a conformance
+    /// suite (Autobahn's fuzzing client) can exercise the same WebSocket settings and close
+    /// codes as the Bayeux socket. Off unless set.
+    pub websocket_echo_path: Option<String>,
 }
 
 impl Default for Config {
@@ -283,6 +287,7 @@ impl Default for Config {
             engine: "memory".into(),
             transports: Transport::ALL.to_vec(),
             websocket_ping_interval: 25_000,
+            websocket_echo_path: None,
         }
     }
 }
@@ -465,6 +470,9 @@ pub struct Args {
     /// How often a WebSocket gets a ping frame, ms; 0 never [default: 25000].
     #[arg(long, env = "HALLEY_WEBSOCKET_PING_INTERVAL", value_name = "MS")]
     pub websocket_ping_interval: Option<u64>,
+    /// Test only: serve a WebSocket echo at this path (for conformance suites) [default: off].
+    #[arg(long, env = "HALLEY_WEBSOCKET_ECHO_PATH", value_name = "PATH")]
+    pub websocket_echo_path: Option<String>,
 }
 
 impl Config {
@@ -522,6 +530,9 @@ impl Config {
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;
         }
+        if args.websocket_echo_path.is_some() {
+            config.websocket_echo_path = args.websocket_echo_path;
+        }
         if let Some(keys) = args.api_keys {
             config.api_keys = keys.iter().map(|k| ApiKey::with_all_rights(k)).collect();
         }
@@ -564,6 +575,13 @@ impl Config {
         }
         if self.transports.is_empty() {
             return invalid("transports must name at least one transport");
+        }
+        if let Some(echo) = &self.websocket_echo_path
+            && (!echo.starts_with('/') || echo.starts_with(self.path.as_str()))
+        {
+            return invalid(
+                "websocket_echo_path must start with '/' and lie outside the Bayeux path",
+            );
         }
         if self.delivery_interval > 10_000 {
             return invalid("delivery_interval must be at most 10000 ms");

@@ -673,3 +673,37 @@ async fn shutdown_answers_held_connects_with_retry_then_closes_with_1001() {
         .expect("halley did not exit");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let b = Broker::fast().await;
+    let mut ws = open(&b).await;
+    ws_session(&mut ws).await;
+    ws.send(Frame::Close(None)).await.unwrap();
+    // The closing handshake completes: the server's close frame comes back before the end of the stream (without
+    // it a browser reports 1006, an abnormal closure).
+    match next_frame(&mut ws, REQUEST_TIMEOUT).await {
+        Some(Ok(Frame::Close(_))) => {}
+        other => panic!("expected the server's close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_test_only_echo_endpoint_is_off_unless_configured() {
+    let b = Broker::fast().await;
+    let url = format!("ws://127.0.0.1:{}/echo", b.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 404),
+        other => panic!("/echo answered: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let b = Broker::start(&["--websocket-echo-path", "/echo"]).await;
+    let url = format!("ws://127.0.0.1:{}/echo", b.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("echo upgrade");
+    ws.send(Frame::text("not bayeux")).await.unwrap();
+    match next_frame(&mut ws, REQUEST_TIMEOUT).await {
+        Some(Ok(Frame::Text(text))) => assert_eq!(text.as_str(), "not bayeux"),
+        other => panic!("no echo: {other:?}"),
+    }
+}
