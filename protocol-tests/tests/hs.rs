@@ -54,8 +54,9 @@ async fn hs_3_successful_reply_never_advises_handshake() {
 }
 
 #[tokio::test]
-async fn hs_4_transports_include_long_polling_and_not_websocket() {
-    // callback-polling is asserted with the JSONP handshake in tr_cb.rs.
+async fn hs_4_transports_offer_websocket_first_and_long_polling() {
+    // callback-polling is asserted with the JSONP handshake in tr_cb.rs; `--transports long-polling` (no
+    // websocket offered, upgrades refused) in ws.rs.
     let b = Broker::fast().await;
     let msgs = b.batch(js_handshake()).await;
     let types: Vec<&str> = msgs[0]["supportedConnectionTypes"]
@@ -65,10 +66,7 @@ async fn hs_4_transports_include_long_polling_and_not_websocket() {
         .map(|t| t.as_str().unwrap())
         .collect();
     assert!(types.contains(&"long-polling"), "{types:?}");
-    assert!(
-        !types.contains(&"websocket"),
-        "websocket is advertised but upgrades are refused: {types:?}"
-    );
+    assert_eq!(types.first(), Some(&"websocket"), "{types:?}");
 }
 
 #[tokio::test]
