@@ -2,12 +2,13 @@
 //  - forced onto websocket, and with the default preference (websocket first): the transport really is websocket
 //    (cometd.getTransport().type), messages cross between two browsers, nothing goes to the broker over HTTP;
 //  - behind a real reverse proxy that refuses the upgrade (Debian's nginx, which does not forward Upgrade or
-//    Connection): the default client falls back to long-polling through it and works.
+//    Connection): the default client falls back to long-polling through it and works;
+//  - behind nginx and HAProxy configured for WebSocket as the README says: the client is on websocket through them.
 import {test} from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import {startBroker} from "../lib/broker.mjs";
-import {startNginx} from "../lib/nginx.mjs";
+import {startHaproxy, startNginx} from "../lib/proxies.mjs";
 import {startPageServer} from "../lib/pageserver.mjs";
 import {withBrowser, until, WAIT_MS} from "../lib/harness.mjs";
 
@@ -91,3 +92,28 @@ test("behind nginx that refuses the upgrade, the default CometD client falls bac
         assert.ok(posts.length >= 3, `${posts.length} long-polling POSTs through the proxy`);
     });
 });
+
+for (const [name, start] of [
+    ["nginx", port => startNginx(port, {websocket: true})],
+    ["HAProxy", port => startHaproxy(port)],
+]) {
+    test(`behind ${name} configured for WebSocket (the README's snippet), the default CometD client is on websocket`,
+        async t => {
+            await withBrowser(t, async h => {
+                const broker = h.track(await startBroker(["--timeout", "3000"]));
+                const proxy = h.track(await start(broker.port));
+                const pages = h.track(await startPageServer());
+                const url = proxy.urlFor(broker.url);
+                const channel = "/browser/proxied-ws";
+                const a = await openClient(h, "carol", pages, url, "default", channel);
+                const b = await openClient(h, "dan", pages, url, "default", channel);
+                for (const c of [a, b]) {
+                    assert.equal(c.info.transport, "websocket");
+                    assert.deepEqual(c.sockets, [url.replace(/^http/, "ws")]);
+                }
+                await crossTalk(a, b, channel);
+                const posts = h.wire("carol").filter(e => e.url.startsWith(proxy.origin + "/") && e.method === "POST");
+                assert.deepEqual(posts.map(e => e.url), [], "nothing over HTTP");
+            });
+        });
+}
