@@ -509,10 +509,19 @@ async fn a_malformed_batch_is_closed_with_1007() {
 }
 
 /// A socket that subscribes, holds a connect and then stops reading while large messages are published; the
-/// publisher and another client must be served meanwhile. Returns the clientId, the socket (unread) and how
-/// long the last publish took.
+/// publisher and another client must be served meanwhile. Returns the clientId and the socket (unread).
 async fn stop_reading(b: &Broker) -> (String, Ws) {
-    let mut ws = open(b).await;
+    // A small receive buffer, so that the server's writes block after a few MB whatever loopback autotuning allows.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket
+        .connect(([127, 0, 0, 1], b.port).into())
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{}{}", b.port, b.path);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("upgrade");
     let cid = ws_session(&mut ws).await;
     ws_subscribe(&mut ws, &cid, "/flood").await;
     send(&mut ws, json!([ws_connect("held", &cid)])).await;
@@ -527,6 +536,9 @@ async fn stop_reading(b: &Broker) -> (String, Ws) {
             .publish(&publisher, "/flood", json!({"n": n, "pad": payload}))
             .await;
         assert_eq!(msgs.last().unwrap()["successful"], true);
+        // Paced, so that the socket's writer keeps taking deliveries until the socket buffers are full (a
+        // flood at full speed mostly overflows the queue and leaves too little in flight to block a write).
+        sleep_ms(3).await;
     }
     // Everyone else is served while the reader is stuck.
     let sent = Instant::now();
@@ -560,19 +572,14 @@ async fn a_reader_that_stops_meets_the_queue_bound_and_the_write_deadline() {
         rss < rss_before + 16 * 1024,
         "RSS grew from {rss_before} to {rss} KiB"
     );
-    let msgs = b.connect_now(&cid).await;
-    let r = msgs.last().unwrap();
-    assert_eq!(r["successful"], true, "{r}");
-    let dropped = r["ext"]["halley"]["dropped"].as_u64().unwrap_or(0);
-    let queued = numbers(&msgs).len() as u64;
-    assert!(queued <= 10, "{queued} queued over a bound of 10");
-    // What the socket got before the deadline ends with the socket closed.
+    // What the socket got before the deadline ends with the socket closed (read before the session is polled over
+    // HTTP, which would take the session over from a socket that was not cut).
     let mut on_socket = 0u64;
     loop {
-        match tokio::time::timeout(REQUEST_TIMEOUT, ws.next())
-            .await
-            .expect("socket not closed")
-        {
+        let Ok(frame) = tokio::time::timeout(REQUEST_TIMEOUT, ws.next()).await else {
+            panic!("socket not closed after {on_socket} deliveries");
+        };
+        match frame {
             Some(Ok(Frame::Text(text))) => {
                 let msgs: Vec<Value> = serde_json::from_str(&text).unwrap();
                 on_socket += numbers(&msgs).len() as u64;
@@ -581,6 +588,12 @@ async fn a_reader_that_stops_meets_the_queue_bound_and_the_write_deadline() {
             Some(Err(_)) | None => break,
         }
     }
+    let msgs = b.connect_now(&cid).await;
+    let r = msgs.last().unwrap();
+    assert_eq!(r["successful"], true, "{r}");
+    let dropped = r["ext"]["halley"]["dropped"].as_u64().unwrap_or(0);
+    let queued = numbers(&msgs).len() as u64;
+    assert!(queued <= 10, "{queued} queued over a bound of 10");
     assert!(dropped > 0, "nothing dropped: {r}");
     assert!(
         on_socket < 300,
