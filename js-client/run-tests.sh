@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds halley-client and runs its whole suite: the core suite against Halley, Faye 1.4.3 and
 # cometd-nodejs-server 1.2.1, the Halley- and ack-specific tests, the browser build in headless Chromium, and the
-# WebSocket transport (against Faye over WebSocket, and its fallbacks).
+# WebSocket transport (against Faye and Halley over WebSocket, and its fallbacks).
 # Works from any directory. Binary: $HALLEY_BIN or <repo>/target/release/halley; browser: $CHROMIUM_BIN or
 # /usr/bin/chromium. Exits non-zero on any failure (including a browser bundle over its size budget).
 set -euo pipefail

@@ -307,6 +307,10 @@ pub struct Config {
     /// A second listener serving only `GET /metrics`, without a key, for scrapers on a
     /// private network; none when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Test only: a path that echoes every WebSocket message back, so that a conformance
+    /// suite (Autobahn's fuzzing client) can exercise the same WebSocket settings and close
+    /// codes as the Bayeux socket. Off unless set.
+    pub websocket_echo_path: Option<String>,
 }
 
 impl Default for Config {
@@ -353,6 +357,7 @@ impl Default for Config {
             websocket_ping_interval: 25_000,
             log_format: LogFormat::Text,
             metrics_listen: None,
+            websocket_echo_path: None,
         }
     }
 }
@@ -564,6 +569,9 @@ pub struct Args {
     /// [default: off].
     #[arg(long, env = "HALLEY_METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Test only: serve a WebSocket echo at this path (for conformance suites) [default: off].
+    #[arg(long, env = "HALLEY_WEBSOCKET_ECHO_PATH", value_name = "PATH")]
+    pub websocket_echo_path: Option<String>,
 }
 
 impl Config {
@@ -634,6 +642,9 @@ impl Config {
         if args.header_timeout.is_some() {
             config.header_timeout = args.header_timeout;
         }
+        if args.websocket_echo_path.is_some() {
+            config.websocket_echo_path = args.websocket_echo_path;
+        }
         if let Some(keys) = args.api_keys {
             config.api_keys = keys.iter().map(|k| ApiKey::with_all_rights(k)).collect();
         }
@@ -682,6 +693,13 @@ impl Config {
         }
         if self.transports.is_empty() {
             return invalid("transports must name at least one transport");
+        }
+        if let Some(echo) = &self.websocket_echo_path
+            && (!echo.starts_with('/') || echo.starts_with(self.path.as_str()))
+        {
+            return invalid(
+                "websocket_echo_path must start with '/' and lie outside the Bayeux path",
+            );
         }
         if self.delivery_interval > 10_000 {
             return invalid("delivery_interval must be at most 10000 ms");

@@ -1,7 +1,9 @@
 // The browser build in headless Chromium (Debian's /usr/bin/chromium, or $CHROMIUM_BIN, driven by
 // playwright-core): a page on one origin loads dist/halley-client.min.js with a <script> tag and talks to Halley
-// on another origin, over callback-polling (script tags), and with the default preference (WebSocket first, which
-// Halley refuses today, then CORS long-polling); and the same page over WebSocket to Faye 1.4.3.
+// on another origin, over callback-polling (script tags), with the default preference over WebSocket (one socket,
+// no HTTP), and with the default preference against a Halley that refuses upgrades (`--transports
+// long-polling,callback-polling`: WebSocket first, then CORS long-polling); and the same page over WebSocket to
+// Faye 1.4.3.
 import assert from "node:assert/strict";
 import {createRequire} from "node:module";
 import {after, before, describe, test} from "node:test";
@@ -95,21 +97,46 @@ describe("browser build in chromium", () => {
         }
     });
 
-    test("default preference: WebSocket refused by Halley, then CORS long-polling with credentials", async () => {
+    test("default preference: WebSocket to Halley, one socket and no HTTP", async () => {
         const {context, page, log, requests, sockets} = await openPage();
         try {
             const r = await roundTrip(page, {});
-            assert.equal(r.transport, "long-polling");
-            assert.deepEqual(sockets, [broker.url.replace(/^http/, "ws")], "one WebSocket attempt");
-            await until("own delivery", () => page.evaluate(() => got.length >= 1));
+            assert.equal(r.transport, "websocket");
+            assert.equal(r.ack.successful, true);
+            await clients.make(broker.url, {transports: ["long-polling"]}).publish("/browser/from/node", 42);
+            await until("deliveries in the page", () => page.evaluate(() => got.length >= 2));
+            assert.deepEqual(await page.evaluate(() => got), [
+                {channel: "/browser/self", data: {from: "page", text: "ünïcødé ☃"}},
+                {channel: "/browser/from/node", data: 42},
+            ]);
             await page.evaluate(() => client.disconnect());
-            const posts = requests.filter(q => q.method === "POST");
-            assert.ok(posts.length >= 3 && posts.every(q => q.type === "fetch"), JSON.stringify(requests));
+            assert.deepEqual(sockets, [broker.url.replace(/^http/, "ws")], "one socket");
+            assert.deepEqual(requests, [], "nothing over HTTP");
         } catch (e) {
             console.error(log.join("\n"), "\n", broker.output());
             throw e;
         } finally {
             await context.close();
+        }
+    });
+
+    test("default preference: WebSocket refused by Halley, then CORS long-polling with credentials", async () => {
+        const refusing = await startHalley(["--transports", "long-polling,callback-polling"]);
+        const {context, page, log, requests, sockets} = await openPage(refusing);
+        try {
+            const r = await roundTrip(page, {}, refusing.url);
+            assert.equal(r.transport, "long-polling");
+            assert.deepEqual(sockets, [refusing.url.replace(/^http/, "ws")], "one WebSocket attempt");
+            await until("own delivery", () => page.evaluate(() => got.length >= 1));
+            await page.evaluate(() => client.disconnect());
+            const posts = requests.filter(q => q.method === "POST");
+            assert.ok(posts.length >= 3 && posts.every(q => q.type === "fetch"), JSON.stringify(requests));
+        } catch (e) {
+            console.error(log.join("\n"), "\n", refusing.output());
+            throw e;
+        } finally {
+            await context.close();
+            await refusing.stop();
         }
     });
 });

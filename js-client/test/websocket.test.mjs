@@ -1,7 +1,9 @@
 // The WebSocket transport, run with Node's WHATWG WebSocket (node --experimental-websocket, as run-tests.sh does):
 //   - against Faye 1.4.3's NodeAdapter over WebSocket, crossing messages with Faye's own Node client;
 //   - the watchdog, through a TCP proxy that stops passing frames on open sockets;
-//   - the fallbacks: Halley (which refuses upgrades today), a proxy that answers 101 and passes nothing
+//   - against Halley over WebSocket (one socket, no HTTP), crossing messages with a long-polling client;
+//   - the fallbacks: Halley started with `--transports long-polling,callback-polling` (which refuses upgrades),
+//     a proxy that answers 101 and passes nothing
 //     (cometd#603), and a server whose handshake reply does not offer websocket;
 //   - sticky reconnect after a server restart, and a new session after 402::session_unknown.
 import assert from "node:assert/strict";
@@ -258,9 +260,60 @@ describe("websocket: 402::session_unknown", () => {
     }
 });
 
+describe("websocket against halley", () => {
+    test("one socket and no HTTP: handshake as the first frame, acknowledged deliveries on connect replies, "
+        + "crossing a long-polling client", async () => {
+        const halley = await startHalley();
+        try {
+            const rec = recordingWebSocket(), http = noFetch();
+            const a = clients.make(halley.url, {WebSocket: rec.WebSocket, fetch: http.fetch});
+            const box = inbox();
+            await within("subscribe", a.subscribe("/hw/**", box.listener).ready);
+            assert.equal(a.transport.name, "websocket");
+            await until("connected", () => a.state === "connected");
+
+            const lp = clients.make(halley.url, {transports: ["long-polling"]});
+            const fromWs = inbox();
+            await within("long-polling subscribe", lp.subscribe("/hw/from-ws", fromWs.listener).ready);
+            assert.equal(lp.transport.name, "long-polling");
+            await within("long-polling publish", lp.publish("/hw/from-lp", {n: 1}));
+            await until("delivery from the long-polling client", () => box.got.length >= 1);
+            assert.deepEqual(box.got, [{channel: "/hw/from-lp", data: {n: 1}}]);
+            const ack = await within("publish", a.publish("/hw/from-ws", {n: 2}));
+            assert.equal(ack.successful, true);
+            await until("the long-polling client got ours", () => fromWs.got.length >= 1);
+            assert.deepEqual(fromWs.got, [{channel: "/hw/from-ws", data: {n: 2}}]);
+            await sleep(200);
+            assert.equal(box.got.length, 2, "our own publish came back once on /hw/**");
+
+            assert.deepEqual(http.calls, [], "nothing went over HTTP");
+            assert.equal(rec.sockets.length, 1, "one socket");
+            const [s] = rec.sockets;
+            assert.match(s.url, /^ws:\/\/127\.0\.0\.1:\d+\/cometd$/);
+            assert.equal(s.sent[0][0].channel, "/meta/handshake");
+            assert.ok(s.received[0][0].supportedConnectionTypes.includes("websocket"), JSON.stringify(s.received[0]));
+            assert.ok(s.sent.every(Array.isArray) && s.received.every(Array.isArray), "one JSON array per frame");
+            const connects = s.sent.flat().filter(m => m.channel === "/meta/connect");
+            assert.ok(connects.length >= 2 && connects.every(m => m.connectionType === "websocket"));
+            // halley-client asks for the ack extension and Halley grants it: the delivery rides on a numbered
+            // connect reply, never in a frame of its own.
+            assert.equal(s.received[0][0].ext?.ack, true, JSON.stringify(s.received[0]));
+            const frame = s.received.find(f => f.some(m => m.channel === "/hw/from-lp"));
+            const reply = frame.find(m => m.channel === "/meta/connect");
+            assert.ok(reply && Number.isInteger(reply.ext?.ack), JSON.stringify(frame));
+        } catch (e) {
+            console.error(halley.output());
+            throw e;
+        } finally {
+            await clients.closeAll();
+            await halley.stop();
+        }
+    });
+});
+
 describe("websocket fallback to long-polling", () => {
     test("Halley refuses the upgrade: falls back at once, without back-off, and remembers it", async () => {
-        const halley = await startHalley();
+        const halley = await startHalley(["--transports", "long-polling,callback-polling"]);
         try {
             const rec = recordingWebSocket();
             const a = clients.make(halley.url, {WebSocket: rec.WebSocket, backoff: 5000, maxBackoff: 5000});

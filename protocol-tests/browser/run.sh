@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the headless-browser suite (Debian's Chromium driven by playwright-core) against the Halley binary:
-# CometD 9 over callback-polling and CORS long-polling, dojox.cometd 1.6 (both modes), the demo chat,
+# CometD 9 over callback-polling, CORS long-polling and WebSocket (direct, through nginx and HAProxy, and its
+# fallback behind an nginx that refuses upgrades), dojox.cometd 1.6 (both modes), the demo chat (over WebSocket),
 # the admin page (its screenshot is kept as output/admin.png).
 # Binary: $HALLEY_BIN or <repo>/target/release/halley; browser: $CHROMIUM_BIN or /usr/bin/chromium.
 # Works from any directory. Screenshots of failing tests land in output/.
@@ -32,6 +33,20 @@ if [ ! -x "$CHROMIUM_BIN" ]; then
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null
 fi
 [ -x "$CHROMIUM_BIN" ] || { echo "run.sh: $CHROMIUM_BIN still missing" >&2; exit 1; }
+
+# The websocket tests put Debian's nginx and HAProxy in front of the broker.
+NGINX_BIN="${NGINX_BIN:-/usr/sbin/nginx}"
+HAPROXY_BIN="${HAPROXY_BIN:-/usr/sbin/haproxy}"
+if { [ ! -x "$NGINX_BIN" ] || [ ! -x "$HAPROXY_BIN" ]; } && [ "$(id -u)" -eq 0 ]; then
+    echo "run.sh: installing nginx and haproxy with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq nginx haproxy >/dev/null
+fi
+for bin in "$NGINX_BIN" "$HAPROXY_BIN"; do
+    [ -x "$bin" ] || { echo "run.sh: $bin missing; install Debian's nginx and haproxy packages" >&2; exit 1; }
+done
+export NGINX_BIN HAPROXY_BIN
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
     npm ci --no-audit --no-fund --loglevel=error

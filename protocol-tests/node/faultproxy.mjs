@@ -1,6 +1,7 @@
 // A fault-injecting HTTP/1.1-aware TCP proxy (node:net, 127.0.0.1 only) for reliability tests.
 //
-// startFaultProxy({targetPort, onRequest?, onResponse?}) -> {port, urlFor(brokerUrl), counters, exchanges, stop()}
+// startFaultProxy({targetPort, onRequest?, onResponse?, onFrame?}) -> {port, urlFor(brokerUrl), counters, exchanges,
+//                                                                    frames, stop()}
 //
 // Every client connection gets its own upstream connection to the broker. The proxy parses both byte
 // streams into HTTP/1.1 messages (Content-Length or chunked bodies; no pipelining is expected, but
@@ -15,6 +16,15 @@
 //   messages: the Bayeux messages of the request (parsed JSON body, [] if none);
 //   deliveries: messages of the response that are deliveries (carry `data`, no `successful`);
 //   connectIndex: 1-based count of /meta/connect requests (or responses) seen so far by the proxy.
+//
+// WebSocket: once an upgrade request is answered 101, the connection carries WebSocket frames (RFC 6455; client
+// frames masked, no fragmentation expected: CometD's `ws` and Faye send each message whole). Each frame is parsed
+// whole before it is forwarded, after asking the test:
+//   onFrame(info) -> "pass" | "cut"       "cut" on a server frame: the client gets half of it, then both sockets
+//                                         are destroyed (the frame is lost in flight); on a client frame: the
+//                                         frame never reaches the broker and both sockets are destroyed.
+// info = {connection, direction: "up" | "down", opcode, messages (the Bayeux messages of a text frame, else []),
+//         deliveries (down only)}; frames: one record {connection, direction, opcode, messages, cut, at} per frame.
 //
 // counters: requests, responses, connectRequests, connectResponses, droppedRequests, droppedConnects,
 //           cutResponses, cutConnectResponses, cutDeliveries (deliveries inside cut responses).
@@ -105,12 +115,54 @@ function bayeuxMessages(body) {
 
 const isDelivery = m => m && typeof m === "object" && m.data !== undefined && m.successful === undefined;
 
-export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest = () => "pass", onResponse = () => "pass"}) {
+// Incremental WebSocket frame parser: push(chunk) returns the frames completed by that chunk,
+// {opcode, payload (unmasked), raw}.
+class FrameParser {
+    constructor() {
+        this.buffer = Buffer.alloc(0);
+    }
+
+    push(chunk) {
+        this.buffer = Buffer.concat([this.buffer, chunk]);
+        const out = [];
+        for (;;) {
+            const b = this.buffer;
+            if (b.length < 2) break;
+            const opcode = b[0] & 0x0f;
+            const masked = (b[1] & 0x80) !== 0;
+            let length = b[1] & 0x7f;
+            let pos = 2;
+            if (length === 126) {
+                if (b.length < 4) break;
+                length = b.readUInt16BE(2);
+                pos = 4;
+            } else if (length === 127) {
+                if (b.length < 10) break;
+                length = Number(b.readBigUInt64BE(2));
+                pos = 10;
+            }
+            const mask = masked ? b.subarray(pos, pos + 4) : null;
+            if (masked) pos += 4;
+            if (b.length < pos + length) break;
+            const payload = Buffer.from(b.subarray(pos, pos + length));
+            if (mask) for (let i = 0; i < payload.length; ++i) payload[i] ^= mask[i % 4];
+            out.push({opcode, payload, raw: Buffer.from(b.subarray(0, pos + length))});
+            this.buffer = b.subarray(pos + length);
+        }
+        return out;
+    }
+}
+
+export function startFaultProxy({
+    targetPort, targetHost = "127.0.0.1", onRequest = () => "pass", onResponse = () => "pass", onFrame = () => "pass",
+}) {
     const counters = {
         connections: 0, requests: 0, responses: 0, connectRequests: 0, connectResponses: 0,
         droppedRequests: 0, droppedConnects: 0, cutResponses: 0, cutConnectResponses: 0, cutDeliveries: 0,
+        upgrades: 0, framesUp: 0, framesDown: 0, cutFrames: 0,
     };
     const exchanges = [];
+    const frames = [];
     const sockets = new Set();
 
     const server = net.createServer(client => {
@@ -122,6 +174,42 @@ export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest
         const responseParser = new HttpParser("response");
         const pending = []; // exchanges forwarded upstream, awaiting their response
         let closed = false;
+        // Set once a 101 passed: from then on both directions carry WebSocket frames.
+        let upFrames = null;
+        let downFrames = null;
+
+        // Forwards the WebSocket frames completed by `chunk` in one direction, or cuts the connection.
+        function relayFrames(parser, chunk, direction, to) {
+            for (const f of parser.push(chunk)) {
+                if (closed) return;
+                const messages = f.opcode === 1 ? bayeuxMessages(f.payload) : [];
+                const record = {connection, direction, opcode: f.opcode, messages, cut: false, at: Date.now()};
+                frames.push(record);
+                counters[direction === "up" ? "framesUp" : "framesDown"] += 1;
+                const verdict = onFrame({connection, direction, opcode: f.opcode, messages,
+                    deliveries: direction === "down" ? messages.filter(isDelivery) : []});
+                if (verdict === "cut") {
+                    record.cut = true;
+                    counters.cutFrames += 1;
+                    closed = true;
+                    const kill = () => {
+                        client.destroy();
+                        upstream.destroy();
+                    };
+                    if (direction === "up") {
+                        kill();
+                        return;
+                    }
+                    const fallback = setTimeout(kill, 200);
+                    client.write(f.raw.subarray(0, Math.floor(f.raw.length / 2)), () => {
+                        clearTimeout(fallback);
+                        kill();
+                    });
+                    return;
+                }
+                to.write(f.raw);
+            }
+        }
 
         function closeBoth() {
             if (closed) return;
@@ -132,6 +220,10 @@ export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest
 
         client.on("data", chunk => {
             if (closed) return;
+            if (upFrames) {
+                relayFrames(upFrames, chunk, "up", upstream);
+                return;
+            }
             let messages;
             try {
                 messages = requestParser.push(chunk);
@@ -168,6 +260,10 @@ export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest
 
         upstream.on("data", chunk => {
             if (closed) return;
+            if (downFrames) {
+                relayFrames(downFrames, chunk, "down", client);
+                return;
+            }
             let messages;
             try {
                 messages = responseParser.push(chunk);
@@ -213,6 +309,18 @@ export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest
                     return;
                 }
                 client.write(m.raw);
+                if (status === 101) {
+                    counters.upgrades += 1;
+                    exchange.upgraded = true;
+                    upFrames = new FrameParser();
+                    downFrames = new FrameParser();
+                    // Bytes already read past the 101 (in either direction) are frames.
+                    const early = [requestParser.buffer, responseParser.buffer];
+                    requestParser.buffer = responseParser.buffer = Buffer.alloc(0);
+                    if (early[0].length) relayFrames(upFrames, early[0], "up", upstream);
+                    if (early[1].length) relayFrames(downFrames, early[1], "down", client);
+                    return;
+                }
             }
         });
 
@@ -238,6 +346,7 @@ export function startFaultProxy({targetPort, targetHost = "127.0.0.1", onRequest
                 port,
                 counters,
                 exchanges,
+                frames,
                 // The broker URL with the proxy's port (same path).
                 urlFor(brokerUrl) {
                     const u = new URL(brokerUrl);

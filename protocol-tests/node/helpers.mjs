@@ -35,7 +35,7 @@ const cookieHooks = {
     },
 };
 
-// Install XMLHttpRequest (and WebSocket, used only by the fallback test) for the CometD JS client.
+// Install XMLHttpRequest and WebSocket (the `ws` package) for the CometD JS client.
 adapt({cookies: cookieHooks});
 
 // A fresh cookie jar: a client with its own jar behaves like a separate browser.
@@ -93,17 +93,23 @@ export class Inbox {
 let clientCounter = 0;
 
 // A CometD JS 9 client restricted to long-polling with its own cookie jar
-// (each client behaves like a separate browser). It records every message it
-// sends and receives (after the transport, before the listeners) in .sent / .received.
+// (each client behaves like a separate browser), or with `options.websocket` to WebSocket only (the `ws`
+// package installed by adapt()). It records every message it sends and receives (after the transport, before
+// the listeners) in .sent / .received.
 export function newCometD(url, options = {}) {
     const name = options.name || `client${++clientCounter}`;
     const cometd = new CometD(name);
-    // Never try websocket: the tests exercise long-polling only.
-    cometd.unregisterTransport("websocket");
-    const lp = cometd.findTransport("long-polling");
-    if (!lp) throw new Error("CometD has no long-polling transport");
-    // Its own cookie jar (a separate browser) unless the caller shares one.
-    lp.context = options.browser || newBrowser();
+    if (options.websocket) {
+        cometd.unregisterTransport("long-polling");
+        cometd.unregisterTransport("callback-polling");
+        if (!cometd.findTransport("websocket")) throw new Error("CometD has no websocket transport");
+    } else {
+        cometd.unregisterTransport("websocket");
+        const lp = cometd.findTransport("long-polling");
+        if (!lp) throw new Error("CometD has no long-polling transport");
+        // Its own cookie jar (a separate browser) unless the caller shares one.
+        lp.context = options.browser || newBrowser();
+    }
     cometd.configure({url, logLevel: options.logLevel || "warn", ...(options.config || {})});
     const sent = [];
     const received = [];

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Python real-client suite (aiocometd 0.4.5 + the Node CometD echo peer) against the Halley binary.
+# Runs the Python real-client suite (aiocometd 0.4.5 over long-polling, aiocometd-ng 0.5.6 over websocket, the Node CometD echo peer) against the Halley binary.
 # Binary: $HALLEY_BIN or <repo>/target/release/halley. Works from any directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

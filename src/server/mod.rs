@@ -95,6 +95,12 @@ pub fn app_with(broker: Broker, telemetry: &Telemetry) -> Router {
     if config.demo && !path.is_empty() {
         router = router.merge(demo::routes(path));
     }
+    if let Some(echo) = &config.websocket_echo_path {
+        let echo = Router::new()
+            .route(echo, any(transport::websocket::echo_endpoint))
+            .with_state(broker.clone());
+        router = router.merge(echo);
+    }
     router = router.merge(api::health_routes(&broker));
     if let Some(api) = api::routes(&broker, &telemetry.metrics, &telemetry.history) {
         router = router.merge(api.layer(DefaultBodyLimit::max(config.max_body_bytes)));

@@ -19,9 +19,13 @@
 //! The read buffer is small and grows only for a large frame; frames and messages are
 //! bounded by `max_body_bytes`; every write has a deadline, and a client that stops
 //! reading meets its queue bound while the write waits.
+//!
+//! Test only: with `--websocket-echo-path`, [`echo_endpoint`] serves an echo with the same
+//! handshake, socket settings and close codes, for Autobahn's conformance cases.
 
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +48,8 @@ use crate::protocol::decode_batch;
 /// front, would dwarf everything else an idle socket holds; a Bayeux frame is usually a
 /// few hundred bytes, and a larger one grows the buffer while it is read.
 const READ_BUFFER: usize = 512;
+/// How long one frame may take to be written before the socket is given up.
+const ECHO_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// CometD's `maxNetworkDelay`: how late a client's next frame may be after it was due.
 const NETWORK_DELAY: Duration = Duration::from_secs(10);
 
@@ -93,6 +99,79 @@ pub(crate) fn upgrade(
     parts: &Parts,
     cookie: Option<String>,
 ) -> Result<Response, UpgradeError> {
+    let mut response = switching_protocols(parts)?;
+    let ctx = RequestContext {
+        browser_id: cookie,
+        // A socket holds no browser connection slot the way a long-poll does.
+        multiplexed: true,
+        connect_only: false,
+        transport: crate::metrics::Transport::WebSocket,
+    };
+    let broker = broker.clone();
+    let takeover = Takeover::new(move |stream, read, shutdown| {
+        Box::pin(serve(broker, ctx, stream, read, shutdown))
+    });
+    response.extensions_mut().insert(takeover);
+    Ok(response)
+}
+
+/// Test only (`--websocket-echo-path`): a WebSocket that sends every message back as it
+/// came, with the Bayeux socket's handshake checks, settings and close codes, so that a
+/// conformance suite exercises what Bayeux clients get.
+pub async fn echo_endpoint(State(broker): State<Broker>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if !is_upgrade(&parts.headers) {
+        return UpgradeError::Handshake("a websocket upgrade").into_response();
+    }
+    match switching_protocols(&parts) {
+        Ok(mut response) => {
+            // Autobahn's cases send messages of up to 16 MiB; the echo is test-only.
+            let limit = broker.config().max_body_bytes.max(ECHO_LIMIT);
+            let takeover = Takeover::new(move |stream, read, shutdown| {
+                Box::pin(echo(limit, stream, read, shutdown))
+            });
+            response.extensions_mut().insert(takeover);
+            response
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// Largest message the test-only echo takes.
+const ECHO_LIMIT: usize = 20 << 20;
+
+/// Serves the echo socket until it closes or the server shuts down.
+async fn echo(limit: usize, stream: TcpStream, read: Bytes, shutdown: CancellationToken) {
+    let mut socket = WebSocketStream::from_partially_read(
+        stream,
+        read.to_vec(),
+        Role::Server,
+        Some(settings(limit)),
+    )
+    .await;
+    let end = loop {
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            () = shutdown.cancelled() => break End::Close(CloseCode::Away, "server shutting down"),
+        };
+        let step = match frame {
+            Some(Ok(frame @ (Frame::Text(_) | Frame::Binary(_)))) => {
+                write(&mut socket, ECHO_WRITE_TIMEOUT, frame).await
+            }
+            Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => Ok(()),
+            Some(Ok(Frame::Close(_))) => Err(End::Closed),
+            None => Err(End::Gone),
+            Some(Err(error)) => Err(refusal(error)),
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    close(&mut socket, end, ECHO_WRITE_TIMEOUT).await;
+}
+
+/// The 101 that accepts a valid upgrade request, or why it is refused.
+fn switching_protocols(parts: &Parts) -> Result<Response, UpgradeError> {
     if parts.version != Version::HTTP_11 {
         return Err(UpgradeError::Version);
     }
@@ -121,30 +200,59 @@ pub(crate) fn upgrade(
         ))?;
     let accept = HeaderValue::from_str(&derive_accept_key(key))
         .map_err(|_| UpgradeError::Handshake("Sec-WebSocket-Key"))?;
-    let ctx = RequestContext {
-        browser_id: cookie,
-        // A socket holds no browser connection slot the way a long-poll does.
-        multiplexed: true,
-        connect_only: false,
-        transport: crate::metrics::Transport::WebSocket,
-    };
-    let broker = broker.clone();
-    let takeover = Takeover::new(move |stream, read, shutdown| {
-        Box::pin(serve(broker, ctx, stream, read, shutdown))
-    });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let out = response.headers_mut();
     out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response.extensions_mut().insert(takeover);
     Ok(response)
+}
+
+/// The socket settings: a small read buffer, no write buffering, messages and frames
+/// bounded by `limit`.
+fn settings(limit: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+}
+
+/// The close that answers a read error: the code RFC 6455 gives the fault, or none when
+/// the socket just failed.
+fn refusal(error: WsError) -> End {
+    match error {
+        WsError::Capacity(_) => End::Close(CloseCode::Size, "frame too large"),
+        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "text frame is not UTF-8"),
+        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "websocket protocol error"),
+        _ => End::Gone,
+    }
+}
+
+/// Sends the close frame `end` calls for (within the write deadline).
+async fn close(socket: &mut WebSocketStream<TcpStream>, end: End, deadline: Duration) {
+    match end {
+        End::Close(code, reason) => {
+            let close = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(deadline, socket.close(Some(close))).await;
+        }
+        End::Closed => {
+            let _ = tokio::time::timeout(deadline, socket.flush()).await;
+        }
+        End::Gone => {}
+    }
 }
 
 /// Why a socket's loop ends.
 enum End {
-    /// The peer closed, or the socket failed: nothing more to say.
+    /// The socket failed: nothing more to say.
     Gone,
+    /// The peer sent a close frame: tungstenite has queued the reply, which must still
+    /// be flushed for the closing handshake to complete (else the client sees 1006).
+    Closed,
     /// We close with this code and reason.
     Close(CloseCode, &'static str),
 }
@@ -171,14 +279,13 @@ async fn serve(
     let idle = Duration::from_millis(config.timeout) + NETWORK_DELAY + ping;
     // A client that stops reading is given up after this, its queue meanwhile bounded.
     let deadline = Duration::from_millis(config.write_timeout);
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let mut socket =
-        WebSocketStream::from_partially_read(stream, read.to_vec(), Role::Server, Some(ws_config))
-            .await;
+    let mut socket = WebSocketStream::from_partially_read(
+        stream,
+        read.to_vec(),
+        Role::Server,
+        Some(settings(limit)),
+    )
+    .await;
     let metrics = broker.metrics().clone();
     metrics.websocket_opened();
     let mut held: Option<PushConnect> = None;
@@ -238,13 +345,7 @@ async fn serve(
     };
     // A held connect left here is detached by its drop: the session starts ageing.
     drop(held);
-    if let End::Close(code, reason) = end {
-        let close = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(deadline, socket.close(Some(close))).await;
-    }
+    close(&mut socket, end, deadline).await;
     metrics.websocket_closed();
 }
 
@@ -272,17 +373,9 @@ async fn on_frame(
         }
         // tungstenite answers pings itself; a pong or a ping is just a sign of life.
         Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => return Ok(()),
-        Some(Ok(Frame::Close(_))) | None => return Err(End::Gone),
-        Some(Err(WsError::Capacity(_))) => {
-            return Err(End::Close(CloseCode::Size, "frame too large"));
-        }
-        Some(Err(WsError::Utf8(_))) => {
-            return Err(End::Close(CloseCode::Invalid, "text frame is not UTF-8"));
-        }
-        Some(Err(WsError::Protocol(_))) => {
-            return Err(End::Close(CloseCode::Protocol, "websocket protocol error"));
-        }
-        Some(Err(_)) => return Err(End::Gone),
+        Some(Ok(Frame::Close(_))) => return Err(End::Closed),
+        None => return Err(End::Gone),
+        Some(Err(error)) => return Err(refusal(error)),
     };
     if text.trim() == "[]" {
         return send(socket, deadline, b"[]".to_vec()).await;
@@ -330,7 +423,7 @@ async fn send(
     }
 }
 
-/// Writes a frame within the write deadline (`--write-timeout`).
+/// Writes a frame within the write deadline.
 async fn write(
     socket: &mut WebSocketStream<TcpStream>,
     deadline: Duration,

@@ -1,7 +1,7 @@
 // Test page driver for the CometD 9 browser client (served from the page server's origin).
 // window.bayeux.start({url, transport, channel}) resolves with the handshake reply once the client is
-// handshaken over exactly `transport` and subscribed to `channel`; received deliveries on the channel
-// are collected in window.bayeux.received.
+// handshaken over exactly `transport` ("default": every transport registered, websocket first) and subscribed to
+// `channel`; received deliveries on the channel are collected in window.bayeux.received.
 import {CometD} from "/cometd-js/cometd.js";
 
 const logEl = document.getElementById("log");
@@ -20,19 +20,26 @@ window.bayeux = {
         const cometd = new CometD();
         this.cometd = cometd;
         for (const type of ALL) {
-            if (type !== transport) cometd.unregisterTransport(type);
+            if (transport !== "default" && type !== transport) cometd.unregisterTransport(type);
         }
         cometd.configure({url, logLevel: "warn", maxNetworkDelay: 5000});
         cometd.addListener("/meta/connect", m => {
             this.metaConnects.push({successful: m.successful, advice: m.advice ?? null});
         });
         return new Promise((resolve, reject) => {
-            cometd.handshake(reply => {
+            let failures = 0;
+            // A listener, not the handshake callback: with every transport registered, a refused websocket
+            // fails the first handshake and CometD retries it on long-polling.
+            const listener = cometd.addListener("/meta/handshake", reply => {
                 log(`handshake successful=${reply.successful} transport=${cometd.getTransport()?.type}`);
                 if (!reply.successful) {
-                    reject(new Error("handshake failed: " + JSON.stringify(reply)));
+                    if (transport !== "default" || ++failures >= 3) {
+                        cometd.removeListener(listener);
+                        reject(new Error("handshake failed: " + JSON.stringify(reply)));
+                    }
                     return;
                 }
+                cometd.removeListener(listener);
                 cometd.subscribe(channel, m => {
                     log(`received on ${m.channel}: ${JSON.stringify(m.data)}`);
                     this.received.push(m.data);
@@ -49,6 +56,7 @@ window.bayeux = {
                     }
                 });
             });
+            cometd.handshake();
         });
     },
     publish(channel, data) {

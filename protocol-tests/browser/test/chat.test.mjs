@@ -1,4 +1,4 @@
-// The demo chat served by the broker at `/` (same origin as the broker), in two browser contexts
+// The demo chat served by the broker at `/` (same origin as the broker), over WebSocket, in two browser contexts
 // (separate cookie jars): join, presence from the broker, messages both ways, and a closed browser
 // leaving the member list within a bounded time (session expiry, BAYEUX.md 5.2).
 import {test} from "node:test";
@@ -15,13 +15,16 @@ const messages = page => page.$$eval("#messages li:not(.note)", lis => lis.map(l
 async function openChat(h, broker, label) {
     const ctx = await h.newContext();
     const page = await h.newPage(ctx, label);
+    // What the page sends over its WebSocket(s), since the chat's Bayeux traffic goes there, not over HTTP.
+    const frames = [];
+    page.on("websocket", ws => ws.on("framesent", f => frames.push(String(f.payload))));
     await page.goto(`${broker.origin}/`);
     await page.waitForSelector("#join:not([disabled])", {timeout: WAIT_MS});
     assert.equal(await page.inputValue("#room"), "lobby");
     await page.fill("#name", label);
     await page.click("#join");
     await page.waitForSelector("#send:not([disabled])", {timeout: WAIT_MS});
-    return {ctx, page};
+    return {ctx, page, frames};
 }
 
 async function say(page, text) {
@@ -41,8 +44,8 @@ test("demo chat: two browsers join the lobby, see each other, talk, and a closed
         for (const c of [alice, bob]) {
             await until(`both members listed`, async () =>
                 JSON.stringify(await members(c.page)) === JSON.stringify(["alice", "bob"]));
-            // WebSocket where the broker offers it; while it refuses upgrades, CometD falls back to long-polling.
-            assert.match(await c.page.textContent("#status"), /^connected \((websocket|long-polling)\)$/);
+            // The broker offers websocket, so the chat must be on it (not on a long-polling fallback).
+            assert.equal(await c.page.textContent("#status"), "connected (websocket)");
         }
 
         await say(alice.page, "hello from alice");
@@ -57,11 +60,12 @@ test("demo chat: two browsers join the lobby, see each other, talk, and a closed
         assert.deepEqual(await messages(alice.page), expected);
         assert.deepEqual(await messages(bob.page), expected);
 
-        // Both used the broker's cookie (separate contexts -> separate browser ids).
-        const [ca] = (await alice.ctx.cookies(broker.origin)).filter(c => c.name === "BAYEUX_BROWSER");
-        const [cb] = (await bob.ctx.cookies(broker.origin)).filter(c => c.name === "BAYEUX_BROWSER");
-        assert.ok(ca && cb, "both contexts hold a BAYEUX_BROWSER cookie");
-        assert.notEqual(ca.value, cb.value);
+        // All of the Bayeux traffic went over the sockets: no long-polling POST reached the broker.
+        for (const label of ["alice", "bob"]) {
+            const posts = h.wire(label).filter(e => e.method === "POST" && e.url.startsWith(broker.url));
+            assert.deepEqual(posts.map(e => e.url), [], `${label} polled over HTTP`);
+        }
+        assert.ok(alice.frames.some(f => f.includes('"/meta/connect"')), "alice's connects went over the socket");
 
         // Bob's browser goes away without running beforeunload: the broker must expire the session
         // (max-interval 2 s after the aborted connect) and tell alice.
@@ -91,7 +95,7 @@ test("demo chat: a page that unloads (beforeunload runs cometd.disconnect) leave
         await until("carol gone from dave's member list", async () =>
             JSON.stringify(await members(dave.page)) === JSON.stringify(["dave"]), 8000, 100);
         // It was the unload's /meta/disconnect that did it (the session itself would live 30 s more).
-        assert.ok(h.wire("carol").some(e => /"channel":"\/meta\/disconnect"/.test(e.postData ?? "")),
-            "carol's page sent /meta/disconnect while unloading");
+        assert.ok(carol.frames.some(f => /"channel":"\/meta\/disconnect"/.test(f)),
+            "carol's page sent /meta/disconnect over its socket while unloading");
     });
 });

@@ -1,5 +1,7 @@
-// Clients in their DEFAULT configuration (websocket not disabled). Halley never offers websocket and must
-// refuse upgrades at once (BAYEUX.md 4.6, G-12), so both clients must end up on long-polling quickly.
+// Clients in their DEFAULT configuration (websocket not disabled) against a Halley started with
+// `--transports long-polling,callback-polling`: it does not offer websocket and must refuse upgrades at once
+// (BAYEUX.md 4.6, G-12), so both clients must end up on long-polling quickly. (websocket.test.mjs covers the
+// default, where websocket is offered.)
 import {describe, it, before, after} from "node:test";
 import assert from "node:assert/strict";
 import {CometD} from "cometd";
@@ -13,7 +15,7 @@ describe("default client configurations fall back to long-polling", () => {
     let broker;
 
     before(async () => {
-        broker = await startBroker(["--timeout", "2000"]);
+        broker = await startBroker(["--timeout", "2000", "--transports", "long-polling,callback-polling"]);
     });
 
     after(async () => {
