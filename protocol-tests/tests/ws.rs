@@ -561,12 +561,15 @@ async fn a_reader_that_stops_meets_the_queue_bound_and_the_write_deadline() {
         "10",
         "--max-body-bytes",
         "100000",
+        "--write-timeout",
+        "5000",
     ])
     .await;
     let rss_before = b.rss_kib();
     let (cid, mut ws) = stop_reading(&b).await;
-    // The write deadline (10 s) gives the socket up; the session stays, with what overflowed dropped.
-    sleep_ms(11_500).await;
+    // The write deadline (--write-timeout, 5 s) gives the socket up; the session stays, with what
+    // overflowed dropped.
+    sleep_ms(6_500).await;
     let rss = b.rss_kib();
     assert!(
         rss < rss_before + 16 * 1024,
