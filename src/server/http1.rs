@@ -171,23 +171,25 @@ pub(crate) async fn opening(stream: &TcpStream) -> Opening {
 ///
 /// Only what a held request needs lives in this future; reading a request and writing an
 /// answer happen in boxed futures of their own, allocated only meanwhile.
+///
+/// Returns the connection when an answer hands it over (a WebSocket's 101): the caller
+/// runs the [`Handover`] in a task of its own, so that this future's state does not stay
+/// allocated for the socket's whole life.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     mut buf: BytesMut,
     app: Router,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
-) {
+) -> Option<Handover> {
     loop {
         let next = Box::pin(next_request(&mut stream, &mut buf, &limits, &shutdown));
-        let Some((request, mut close)) = next.await else {
-            return;
-        };
+        let (request, mut close) = next.await?;
         // A request that may be held, read from a socket its client already closed, would
         // take the place of the client's live request on its new socket: drop it unseen.
         if buf.is_empty() && may_be_held(&request, &limits.held_path) && peer_gone(&stream) {
             tracing::debug!(target: "halley::http", "request from a closed socket dropped");
-            return;
+            return None;
         }
         let is_head = request.method() == Method::HEAD;
         let version = request.version();
@@ -196,7 +198,7 @@ pub(crate) async fn serve(
             until_answered(&stream, answer.as_mut(), buf.is_empty()).await
         };
         let Some(response) = response else {
-            return; // the client left; dropping the request released what it held
+            return None; // the client left; dropping the request released what it held
         };
         close |= shutdown.is_cancelled();
         // Boxed: writing is brief, and its state must not grow every parked connection.
@@ -210,12 +212,35 @@ pub(crate) async fn serve(
         ));
         match written.await {
             Written::Sent if !close => {}
-            Written::TakenOver(takeover) => return takeover(stream, buf.freeze(), shutdown).await,
+            Written::TakenOver(takeover) => {
+                return Some(Handover {
+                    takeover,
+                    stream,
+                    read: buf.freeze(),
+                    shutdown,
+                });
+            }
             Written::Sent | Written::Failed => {
                 let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
-                return;
+                return None;
             }
         }
+    }
+}
+
+/// A connection an answer took over from HTTP, with what its new owner needs.
+pub(crate) struct Handover {
+    takeover: TakeoverFn,
+    stream: TcpStream,
+    /// Bytes already read past the request.
+    read: Bytes,
+    shutdown: CancellationToken,
+}
+
+impl Handover {
+    /// Serves the connection as the takeover says, until it ends.
+    pub(crate) async fn run(self) {
+        (self.takeover)(self.stream, self.read, self.shutdown).await
     }
 }
 

@@ -212,13 +212,22 @@ pub async fn serve_with(
         tracing::trace!(target: "halley::http", remote = %peer, "connection accepted");
         tune(&stream, Duration::from_millis(config.tcp_keepalive));
         let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
+        let sockets = tracker.clone();
         tracker.spawn(async move {
             // The header timeout covers the first bytes too: a client that never sends
             // one would otherwise hold its connection (and permit) forever.
             let opening = tokio::time::timeout(limits.header_timeout, http1::opening(&stream));
             match opening.await {
                 Ok(http1::Opening::Http1(read)) => {
-                    http1::serve(stream, read, app, limits, stopping).await
+                    if let Some(handover) = http1::serve(stream, read, app, limits, stopping).await
+                    {
+                        // A task of its own, holding the permit: this one's HTTP state goes.
+                        sockets.spawn(async move {
+                            handover.run().await;
+                            drop(permit);
+                        });
+                        return;
+                    }
                 }
                 // Boxed: hyper's HTTP/2 connection state would otherwise double the size of
                 // every connection task.

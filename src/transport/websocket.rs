@@ -279,12 +279,12 @@ async fn serve(
     let idle = Duration::from_millis(config.timeout) + NETWORK_DELAY + ping;
     // A client that stops reading is given up after this, its queue meanwhile bounded.
     let deadline = Duration::from_millis(config.write_timeout);
-    let mut socket = WebSocketStream::from_partially_read(
+    let mut socket = Box::pin(WebSocketStream::from_partially_read(
         stream,
         read.to_vec(),
         Role::Server,
         Some(settings(limit)),
-    )
+    ))
     .await;
     let metrics = broker.metrics().clone();
     metrics.websocket_opened();
@@ -311,12 +311,25 @@ async fn serve(
         let step = match event {
             Event::Frame(frame) => {
                 heard = Instant::now();
-                on_frame(&broker, &ctx, &mut socket, deadline, &mut held, frame).await
+                // Boxed: handling a frame runs the broker's batch path, whose state an idle
+                // socket's future must not carry.
+                Box::pin(on_frame(
+                    &broker,
+                    &ctx,
+                    &mut socket,
+                    deadline,
+                    &mut held,
+                    frame,
+                ))
+                .await
             }
+            // Writes are boxed too: a frame being written is brief, an idle socket long.
             Event::Woken(PushWake::Deliver(deliveries)) => {
-                send(&mut socket, deadline, json_array(&deliveries)).await
+                Box::pin(send(&mut socket, deadline, json_array(&deliveries))).await
             }
-            Event::Woken(PushWake::Answer) => answer(&mut socket, deadline, &mut held).await,
+            Event::Woken(PushWake::Answer) => {
+                Box::pin(answer(&mut socket, deadline, &mut held)).await
+            }
             Event::Woken(PushWake::Superseded) => {
                 held = None;
                 Ok(())
@@ -324,18 +337,18 @@ async fn serve(
             Event::Timer => {
                 let now = Instant::now();
                 if held.as_ref().is_some_and(|c| c.deadline() <= now) {
-                    answer(&mut socket, deadline, &mut held).await
+                    Box::pin(answer(&mut socket, deadline, &mut held)).await
                 } else if now >= heard + idle {
                     Err(End::Close(CloseCode::Away, "idle timeout"))
                 } else if next_ping.is_some_and(|at| at <= now) {
                     next_ping = Some(now + ping);
-                    write(&mut socket, deadline, Frame::Ping(Bytes::new())).await
+                    Box::pin(write(&mut socket, deadline, Frame::Ping(Bytes::new()))).await
                 } else {
                     Ok(())
                 }
             }
             Event::Shutdown => {
-                let answered = answer(&mut socket, deadline, &mut held).await;
+                let answered = Box::pin(answer(&mut socket, deadline, &mut held)).await;
                 answered.and(Err(End::Close(CloseCode::Away, "server shutting down")))
             }
         };
@@ -345,7 +358,7 @@ async fn serve(
     };
     // A held connect left here is detached by its drop: the session starts ageing.
     drop(held);
-    close(&mut socket, end, deadline).await;
+    Box::pin(close(&mut socket, end, deadline)).await;
     metrics.websocket_closed();
 }
 
@@ -432,5 +445,35 @@ async fn write(
     match tokio::time::timeout(deadline, socket.send(frame)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(End::Gone),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle socket holds this future for its whole life: keep it small.
+    #[tokio::test]
+    async fn the_socket_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let broker = crate::server::broker(crate::Config::default()).expect("broker");
+        let socket = serve(
+            broker,
+            RequestContext::default(),
+            stream,
+            Bytes::new(),
+            CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&socket);
+        println!(
+            "stream: {}",
+            std::mem::size_of::<WebSocketStream<TcpStream>>()
+        );
+        assert!(size <= 100_000, "the socket future is {size} bytes");
+        println!("socket future: {size} bytes");
     }
 }
