@@ -51,8 +51,8 @@ pub(crate) struct DeliveryQueue {
     capacity: usize,
     /// Deliveries dropped since the client was last told.
     dropped_unreported: u64,
-    /// When the oldest queued delivery was queued (about: after a partial drain, when the
-    /// drain happened), for the publish-to-delivery latency metric.
+    /// When the oldest queued delivery was published (about: after a partial drain, when
+    /// the drain happened), for the publish-to-delivery latency metric.
     since: Option<Instant>,
 }
 
@@ -66,10 +66,16 @@ impl DeliveryQueue {
         }
     }
 
-    /// Appends `message`, applying the overflow policy when the queue is full.
-    pub fn push(&mut self, message: Bytes, policy: OverflowPolicy) -> Enqueued {
+    /// Appends `message`, published at `published`, applying the overflow policy when the
+    /// queue is full. The fan-out reads the clock once for all its recipients.
+    pub fn push_at(
+        &mut self,
+        message: Bytes,
+        policy: OverflowPolicy,
+        published: Instant,
+    ) -> Enqueued {
         if self.items.is_empty() {
-            self.since = Some(Instant::now());
+            self.since = Some(published);
         }
         if self.items.len() < self.capacity {
             self.items.push_back(message);
@@ -84,6 +90,12 @@ impl DeliveryQueue {
             }
             OverflowPolicy::Disconnect => Enqueued::Overflow,
         }
+    }
+
+    /// [`DeliveryQueue::push_at`] now.
+    #[cfg(test)]
+    pub fn push(&mut self, message: Bytes, policy: OverflowPolicy) -> Enqueued {
+        self.push_at(message, policy, Instant::now())
     }
 
     /// Appends a message that must not be lost to the bound (the server's disconnect notice).

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::outbox::Enqueued;
 use super::session::Session;
@@ -95,6 +96,7 @@ impl Broker {
             targets,
             bytes: publish.bytes.clone(),
             skip,
+            published: Instant::now(),
         })
     }
 
@@ -139,6 +141,7 @@ impl Broker {
             targets,
             bytes,
             skip: publisher.map(|s| s.key),
+            published: Instant::now(),
         })
     }
 
@@ -186,7 +189,8 @@ impl Broker {
             if state.removed.is_some() {
                 continue;
             }
-            match state.outbox.queue.push(fan_out.bytes.clone(), policy) {
+            let bytes = fan_out.bytes.clone();
+            match state.outbox.queue.push_at(bytes, policy, fan_out.published) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::DroppedOldest => {
                     queued += 1;
@@ -222,6 +226,8 @@ pub(super) struct FanOut {
     targets: Matches<Arc<Session>>,
     bytes: Bytes,
     skip: Option<SubscriberKey>,
+    /// When it was published: one clock read for every recipient's latency metric.
+    published: Instant,
 }
 
 impl FanOut {
