@@ -412,19 +412,9 @@ impl Client {
         messages: &[(String, String)],
         on_delivery: &mut (dyn FnMut(&str, &RawValue) + Send),
     ) -> usize {
-        let mut body = String::with_capacity(messages.len() * 120);
-        body.push('[');
-        for (i, (channel, data)) in messages.iter().enumerate() {
-            let id = self.id();
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&format!(
-                r#"{{"id":"{id}","channel":"{channel}","clientId":"{}","data":{data}}}"#,
-                self.cid()
-            ));
-        }
-        body.push(']');
+        let first_id = self.next_id + 1;
+        self.next_id += messages.len() as u64;
+        let body = publish_batch(messages, self.cid(), first_id);
         let Ok(bytes) = self.exchange(body).await else {
             return 0;
         };
@@ -474,4 +464,22 @@ pub(crate) fn bind_port_at_connect(socket: &TcpSocket) {
             );
         }
     }
+}
+
+/// A publish batch of `(channel, data JSON)` pairs for session `cid`, with ids counting
+/// up from `first_id`: the same body over long-polling and over WebSocket.
+pub fn publish_batch(messages: &[(String, String)], cid: &str, first_id: u64) -> String {
+    let mut body = String::with_capacity(messages.len() * 120);
+    body.push('[');
+    for (i, (channel, data)) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let id = first_id + i as u64;
+        body.push_str(&format!(
+            r#"{{"id":"{id}","channel":"{channel}","clientId":"{cid}","data":{data}}}"#
+        ));
+    }
+    body.push(']');
+    body
 }

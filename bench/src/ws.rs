@@ -405,20 +405,9 @@ impl WsClient {
         if messages.is_empty() {
             return None;
         }
-        let mut body = String::with_capacity(messages.len() * 120);
-        body.push('[');
-        for (i, (channel, data)) in messages.iter().enumerate() {
-            let id = self.id();
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&format!(
-                r#"{{"id":"{id}","channel":"{channel}","clientId":"{}","data":{data}}}"#,
-                self.cid()
-            ));
-        }
-        body.push(']');
-        Some(body)
+        let first_id = self.next_id + 1;
+        self.next_id += messages.len() as u64;
+        Some(crate::client::publish_batch(messages, self.cid(), first_id))
     }
 
     /// Runs the session until `stop`: a connect always in flight, deliveries to
