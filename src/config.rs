@@ -29,14 +29,20 @@ pub enum Transport {
     CallbackPolling,
     /// One JSON array per text frame over a WebSocket; deliveries are pushed.
     Websocket,
+    /// Faye's: deliveries pushed as `data:` events of a `text/event-stream` response,
+    /// everything else over long-polling requests.
+    #[serde(rename = "eventsource")]
+    #[value(name = "eventsource")]
+    EventSource,
 }
 
 impl Transport {
     /// Every transport, the default set.
-    pub const ALL: [Transport; 3] = [
+    pub const ALL: [Transport; 4] = [
         Transport::LongPolling,
         Transport::CallbackPolling,
         Transport::Websocket,
+        Transport::EventSource,
     ];
 
     /// The name clients use for it in `supportedConnectionTypes` and `connectionType`.
@@ -45,6 +51,7 @@ impl Transport {
             Transport::LongPolling => "long-polling",
             Transport::CallbackPolling => "callback-polling",
             Transport::Websocket => "websocket",
+            Transport::EventSource => "eventsource",
         }
     }
 }
@@ -551,7 +558,7 @@ pub struct Args {
     /// What carries publishes between nodes: `memory` (one process) [default: memory].
     #[arg(long, env = "HALLEY_ENGINE", value_name = "ENGINE")]
     pub engine: Option<String>,
-    /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket].
+    /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket,eventsource].
     #[arg(
         long,
         env = "HALLEY_TRANSPORTS",
@@ -559,7 +566,8 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub transports: Option<Vec<Transport>>,
-    /// How often a WebSocket gets a ping frame, ms; 0 never [default: 25000].
+    /// How often a WebSocket gets a ping frame and an EventSource stream a comment, ms; 0
+    /// never [default: 25000].
     #[arg(long, env = "HALLEY_WEBSOCKET_PING_INTERVAL", value_name = "MS")]
     pub websocket_ping_interval: Option<u64>,
     /// Log line format: text, or one JSON object per line [default: text].
@@ -693,6 +701,12 @@ impl Config {
         }
         if self.transports.is_empty() {
             return invalid("transports must name at least one transport");
+        }
+        if self.transports.contains(&Transport::EventSource)
+            && !self.transports.contains(&Transport::LongPolling)
+        {
+            // Faye sends every message of an eventsource session over long-polling requests.
+            return invalid("the eventsource transport needs long-polling for its requests");
         }
         if let Some(echo) = &self.websocket_echo_path
             && (!echo.starts_with('/') || echo.starts_with(self.path.as_str()))
