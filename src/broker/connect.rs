@@ -201,7 +201,8 @@ impl Broker {
             reply.advice = Some(Advice::HANDSHAKE);
             return Err(reply.encode());
         }
-        let beside_stream = self.beside_stream(state, message);
+        // A socket's connect takes delivery over, as a newer connection does.
+        let beside_stream = transport != Transport::WebSocket && self.beside_stream(state, message);
         let transport = if beside_stream {
             Transport::EventSource
         } else {
@@ -226,14 +227,17 @@ impl Broker {
         Ok(!std::mem::replace(&mut state.connected, true))
     }
 
-    /// Whether `message` is Faye's `eventsource` connect (sent over HTTP while its stream
-    /// reads the outbox), to be answered at once as Faye does: advice `interval` = the
-    /// server's `timeout`, `timeout: 0`; leaving the stream as the reader and the
-    /// deliveries to it. Not when the transport is off, nor for a session whose deliveries
-    /// must ride on connect replies (ack extension, callback-polling): its connect is an
-    /// ordinary one, held.
+    /// Whether `message` is a connect beside an EventSource stream: Faye's `eventsource`
+    /// connect, or any HTTP connect while the session's stream reads the outbox (Faye sends
+    /// long-polling connects until its stream has opened). Answered at once as Faye does:
+    /// advice `interval` = the server's `timeout`, `timeout: 0`; leaving the stream as the
+    /// reader and the deliveries to it. Not when the transport is off, nor for a session
+    /// whose deliveries must ride on connect replies (ack extension, callback-polling): its
+    /// connect is an ordinary one, held. The stream is the reader when the session's
+    /// transport is eventsource (only a stream and these connects set it) and one reads.
     fn beside_stream(&self, state: &SessionState, message: &Message) -> bool {
-        message.eventsource
+        let stream_reads = state.transport == Transport::EventSource && state.outbox.has_reader();
+        (message.eventsource || stream_reads)
             && state.ack.is_none()
             && !state.connect_only
             && self.shared.connection_types.contains(&"eventsource")

@@ -9,13 +9,15 @@
 //! - the stream is the session's outbox reader ([`Broker::open_stream`], a
 //!   [`PushConnect`] that answers no connect); each wake-up drains the queue (at most
 //!   `--max-response-bytes`) into one `data: [ ... ]` event;
-//! - a comment (`:`) goes out every websocket ping interval, so proxies and the browser
-//!   see the stream alive;
+//! - a comment (`:`) goes out with the head and then every websocket ping interval, so
+//!   proxies and the browser see the stream alive;
 //! - the client's `/meta/connect`s, with `connectionType: "eventsource"`, come over
 //!   long-polling and are answered at once, as Faye's server does (`interval` = the
-//!   server's `timeout`, `timeout: 0`), leaving the stream as the reader;
-//! - a newer stream or any other kind of connect of the session supersedes the stream,
-//!   which then ends, as it does when the session is removed or the server shuts down;
+//!   server's `timeout`, `timeout: 0`), leaving the stream as the reader; so is any HTTP
+//!   connect while the stream reads (Faye's first connects say `long-polling`: it picks
+//!   eventsource only once the stream has opened);
+//! - a newer stream or a WebSocket connect of the session supersedes the stream, which
+//!   then ends, as it does when the session is removed or the server shuts down;
 //! - a stream that closes does not end the session: it ages towards expiry as after any
 //!   connect. The browser re-opens it by itself.
 //!
@@ -42,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Takeover, json_array};
 use crate::broker::{Broker, PushConnect, PushWake, RequestContext};
 use crate::protocol::BayeuxError;
+
+/// A comment: what keeps a quiet stream alive.
+const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// Whether a request opens an EventSource stream: a GET accepting `text/event-stream`
 /// (what `EventSource` sends, and what Faye's server looks for).
@@ -120,7 +125,9 @@ pub(crate) fn open(
     let takeover = Takeover::new(move |stream, read, shutdown| {
         Box::pin(serve(connect, stream, read, ping, deadline, shutdown))
     });
-    let mut response = StatusCode::OK.into_response();
+    // The body starts with a comment, written with the head: an intermediary that holds a
+    // head until body bytes come (Node's http, for one) passes the stream on at once.
+    let mut response = Response::new(axum::body::Body::from(KEEP_ALIVE));
     let out = response.headers_mut();
     out.insert(
         header::CONTENT_TYPE,
@@ -179,7 +186,7 @@ async fn serve(
                 Event::Woken(PushWake::Deliver(deliveries)) => {
                     Box::pin(write(&mut stream, deadline, &event_of(&deliveries))).await
                 }
-                Event::Ping => Box::pin(write(&mut stream, deadline, b":\n\n")).await,
+                Event::Ping => Box::pin(write(&mut stream, deadline, KEEP_ALIVE)).await,
                 Event::Readable if still_open(&stream) => true,
                 // Superseded, the session gone, shutdown, or the client left.
                 Event::Woken(PushWake::Answer | PushWake::Superseded)
