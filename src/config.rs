@@ -306,8 +306,9 @@ pub struct Config {
     pub engine: String,
     /// The transports offered to clients; requests of any other are refused.
     pub transports: Vec<Transport>,
-    /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
-    /// idle timeouts of proxies, which would otherwise close a quiet socket.
+    /// How often a WebSocket gets a ping frame and an EventSource stream a comment, ms (0:
+    /// never); below the common 60 s idle timeouts of proxies, which would otherwise close a
+    /// quiet socket.
     pub websocket_ping_interval: u64,
     /// Log line format.
     pub log_format: LogFormat,
@@ -842,6 +843,23 @@ mod tests {
         );
         let args = Args::try_parse_from(["halley", "--coalescing-ceiling", "1001"]).expect("args");
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn eventsource_is_on_by_default_and_needs_long_polling() {
+        assert!(
+            Config::default()
+                .transports
+                .contains(&Transport::EventSource)
+        );
+        let config = toml::from_str::<Config>(r#"transports = ["long-polling", "eventsource"]"#)
+            .expect("toml");
+        assert_eq!(
+            config.transports,
+            [Transport::LongPolling, Transport::EventSource]
+        );
+        let alone = toml::from_str::<Config>(r#"transports = ["eventsource"]"#).expect("toml");
+        assert!(alone.validate().is_err());
     }
 
     #[test]

@@ -217,6 +217,38 @@ async fn a_stream_opens_as_an_open_ended_event_stream_and_eventsource_is_offered
     assert!(!s.head.contains("content-length"), "{}", s.head);
     assert!(!s.head.contains("transfer-encoding"), "{}", s.head);
     assert!(s.head.contains("connection: close"), "{}", s.head);
+    // A page on another origin may read the stream (CORS, as the rest of the endpoint).
+    let mut raw = b.tcp().await;
+    raw.write_all(&b.http1_request(
+        "GET",
+        &format!("/{cid}"),
+        &[
+            ("accept", "text/event-stream"),
+            ("origin", "http://app.example"),
+        ],
+        b"",
+    ))
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, raw.read(&mut chunk))
+            .await
+            .expect("head")
+            .unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: http://app.example"),
+        "{head}"
+    );
+    // That newer stream took the session over: the first one ends.
+    assert_eq!(s.next(PROMPT).await, Some(Event::Comment));
+    assert_eq!(s.next(PROMPT).await, Some(Event::Closed));
+    let mut s = open(&b, &cid).await;
     // A comment comes with the head (so that intermediaries pass the head on), then nothing while nothing
     // happens (the ping interval is 25 s by default).
     assert_eq!(s.next(PROMPT).await, Some(Event::Comment));
@@ -392,9 +424,10 @@ async fn a_closed_stream_leaves_the_session_to_age_from_its_last_connect() {
         got.extend(numbers(&s.data().await));
     }
     assert_eq!(got, [0, 1, 2]);
+    // The eventsource connects tell the client to come back after `timeout` (3 s): the session lives that long
+    // plus maxInterval after its stream closed or its last connect, longer than maxInterval alone (1 s).
     drop(s);
-    // The eventsource connect told the client to come back after `timeout` (3 s): the session lives that long
-    // plus maxInterval, longer than maxInterval alone (1 s) would allow.
+    sleep_ms(2000).await;
     let msgs = es_connect(&b, &cid, "c2").await;
     assert_connect_advice(reply(&msgs, "c2"), 3000, 0);
     sleep_ms(2500).await;

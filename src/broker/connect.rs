@@ -483,9 +483,10 @@ impl Broker {
 impl Broker {
     /// Opens Faye's EventSource stream for session `client_id`: the stream becomes the
     /// session's outbox reader for as long as it is open (a [`PushConnect`] that answers
-    /// no connect, never runs out, and is superseded by any connect that is not the
-    /// session's `eventsource` one, or by a newer stream). While it reads, the session does
-    /// not expire; once it is dropped, the session ages as after any connect.
+    /// no connect, never runs out, and is superseded by a newer stream or a WebSocket
+    /// connect; HTTP connects are answered beside it). While it reads, the session does not
+    /// expire; once it is dropped, the session has `timeout` + `maxInterval` (its client
+    /// connects every `timeout`).
     pub(crate) fn open_stream(
         &self,
         client_id: &str,
@@ -584,7 +585,15 @@ impl Drop for PushConnect {
     fn drop(&mut self) {
         self.broker.shared.metrics.connect_released();
         let mut state = self.session.lock();
+        let stream_closed = self.message.is_none() && state.outbox.is_reader(self.attachment);
         self.broker
             .release_held(&self.session, &mut state, self.attachment);
+        if stream_closed && state.removed.is_none() {
+            // Its client was told to connect every `timeout` (a connect answered while the
+            // stream read set no deadline): it has that long, plus maxInterval.
+            let config = &self.broker.shared.config;
+            let at = self.broker.now_ms() + config.timeout + config.max_interval;
+            self.session.set_deadline(at);
+        }
     }
 }

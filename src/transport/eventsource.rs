@@ -18,8 +18,9 @@
 //!   eventsource only once the stream has opened);
 //! - a newer stream or a WebSocket connect of the session supersedes the stream, which
 //!   then ends, as it does when the session is removed or the server shuts down;
-//! - a stream that closes does not end the session: it ages towards expiry as after any
-//!   connect. The browser re-opens it by itself.
+//! - a stream that closes does not end the session: it expires `timeout` + `maxInterval`
+//!   later unless a connect or a new stream comes (the advice has the client connect every
+//!   `timeout`). The browser re-opens the stream by itself.
 //!
 //! An unknown clientId gets a 404 (body `402::session_unknown`): Faye's server would keep
 //! any stream open, but a stream nobody can ever deliver to is only a cost, and an
