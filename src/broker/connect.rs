@@ -351,6 +351,10 @@ impl Broker {
                 // Faye's advice: the next connect after the hold the stream stands for, not
                 // held itself; the session lives until then plus maxInterval.
                 reply.advice = Some(Advice::retry(config.timeout, 0));
+                let dropped = state.outbox.queue.take_dropped();
+                if dropped > 0 {
+                    reply.add_ext("halley", serde_json::json!({ "dropped": dropped }));
+                }
                 if !state.outbox.has_reader() {
                     let at = self.now_ms() + config.timeout + config.max_interval;
                     session.set_deadline(at);
