@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::extensions::AckState;
 use super::outbox::Wake;
 use super::session::{Identity, Session};
-use super::{Broker, Removal, read, write};
+use super::{Broker, Removal, SessionEvent, read, write};
 use crate::engine::{Claim, EngineError, Interest, Publish, SessionHandover};
 use crate::protocol::ChannelName;
 
@@ -48,6 +48,11 @@ impl Broker {
                 Claim::Unknown => return Ok(None),
                 Claim::Lost => {
                     tracing::info!(%client_id, "session lost with the node that served it");
+                    // Gone for good, cluster-wide: its listeners hear it here.
+                    self.emit(SessionEvent::Closed {
+                        client_id,
+                        reason: Removal::Expired,
+                    });
                     return Ok(None);
                 }
                 // Another request of the session is moving it (here or elsewhere).

@@ -87,6 +87,7 @@ impl BayeuxError {
             }
             PublishChannelError::Meta => BayeuxError::MetaPublishDenied,
             PublishChannelError::Service => BayeuxError::NotBroadcast(channel.to_string()),
+            PublishChannelError::Reserved => BayeuxError::PublishDenied(channel.to_string()),
         }
     }
 }
