@@ -583,3 +583,53 @@ async fn redis_the_demo_chat_presence_is_the_same_on_every_node() {
         "{refused:?}"
     );
 }
+
+/// Requests of one session arriving at two nodes at the same time (a held connect on
+/// one, a publish on the other, as a round-robin balancer spreads a CometD client): none
+/// is refused as unknown, and every publish reaches the session once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_concurrent_requests_of_one_session_on_two_nodes_lose_nothing() {
+    let cluster = Cluster::redis("concurrent");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let client_id = handshake(&nodes[0], false).await;
+    request(
+        &nodes[0],
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/feed/*"}]),
+    )
+    .await;
+    let publisher = nodes[1].open_local_session(None);
+    let mut received = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..100i64 {
+        publisher
+            .publish("/feed/a", &json!({"n": round}))
+            .expect("publish");
+        let (a, b) = (round as usize % 2, (round as usize + 1) % 2);
+        let poll_here = request(
+            &nodes[a],
+            json!([{"channel": "/meta/connect", "clientId": client_id,
+                    "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+        );
+        let publish_there = request(
+            &nodes[b],
+            json!([{"channel": "/chat/x", "clientId": client_id, "data": {"note": round}}]),
+        );
+        let (polled, published) = tokio::join!(poll_here, publish_there);
+        for message in polled.iter().chain(published.iter()) {
+            if message["successful"] == false {
+                refused.push(message.clone());
+            }
+        }
+        received.extend(split(polled).0);
+        received.extend(split(published).0);
+    }
+    for attempt in 0..50 {
+        if received.len() >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        received.extend(poll(&nodes[attempt % 2], &client_id).await.0);
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert_eq!(received, (0..100).collect::<Vec<i64>>());
+}

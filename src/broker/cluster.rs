@@ -22,8 +22,46 @@ use super::{Broker, Removal, SessionEvent, read, write};
 use crate::engine::{Claim, EngineError, Interest, Publish, SessionHandover};
 use crate::protocol::ChannelName;
 
-/// How often a request waits for another claim on its session before giving up.
-const CLAIM_ATTEMPTS: usize = 100;
+/// How long a request waits for its session to be claimable before it is answered
+/// `503` (a client then retries).
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What [`Broker::hand_over`] did.
+#[derive(Debug)]
+pub enum HandOver {
+    /// Here is the session's state; it is forgotten here.
+    Now(Box<SessionHandover>),
+    /// A request of the session is being processed: the state follows when it is done.
+    Later,
+    /// This node does not serve the session.
+    Absent,
+}
+
+/// A request of a session being processed (see [`Broker::in_flight`]); dropping it
+/// completes a handover promised meanwhile.
+pub(super) struct InFlight<'a> {
+    broker: &'a Broker,
+    session: &'a Arc<Session>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let to = {
+            let mut state = self.session.lock();
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                state.handover_to.take()
+            } else {
+                None
+            }
+        };
+        if let Some(to) = to {
+            let state = self.broker.release(self.session);
+            let engine = &self.broker.shared.engine;
+            engine.send_handover(&self.session.client_id, &to, state);
+        }
+    }
+}
 /// The pause between two claims of a session that is moving.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -36,8 +74,11 @@ impl Broker {
         &self,
         client_id: &str,
     ) -> Result<Option<Arc<Session>>, EngineError> {
-        for _ in 0..CLAIM_ATTEMPTS {
-            if let Some(session) = read(&self.shared.sessions).get(client_id).cloned() {
+        let give_up = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        while tokio::time::Instant::now() < give_up {
+            let local = read(&self.shared.sessions).get(client_id).cloned();
+            // One promised to another node is claimed back from there once it has moved.
+            if let Some(session) = local.filter(|s| s.lock().handover_to.is_none()) {
                 return Ok(Some(session));
             }
             if !self.shared.engine.shares_sessions() {
@@ -71,16 +112,65 @@ impl Broker {
         Ok(self.find_or_claim(client_id).await?.is_some())
     }
 
-    /// Gives up session `client_id` to another node: forgets it here without ending it
-    /// and returns its state, or `None` if this node does not serve it.
-    pub fn hand_over(&self, client_id: &str) -> Option<SessionHandover> {
-        let session = read(&self.shared.sessions).get(client_id).cloned()?;
+    /// Gives up session `client_id` to node `to`: forgets it here without ending it and
+    /// returns its state; or, while a request of the session is being processed here,
+    /// promises it for when the last one is done (the engine's `send_handover` then).
+    pub fn hand_over(&self, client_id: &str, to: &str) -> HandOver {
+        let Some(session) = read(&self.shared.sessions).get(client_id).cloned() else {
+            return HandOver::Absent;
+        };
+        {
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                return HandOver::Absent;
+            }
+            if state.in_flight > 0 {
+                state.handover_to = Some(to.into());
+                return HandOver::Later;
+            }
+        }
+        self.release(&session)
+            .map_or(HandOver::Absent, |state| HandOver::Now(Box::new(state)))
+    }
+
+    /// Forgets session `client_id`, which another node claimed while this one was cut
+    /// off from the cluster (its state there wins). Returns whether it was here.
+    pub fn forget_moved(&self, client_id: &str) -> bool {
+        let session = read(&self.shared.sessions).get(client_id).cloned();
+        session.is_some_and(|session| self.release(&session).is_some())
+    }
+
+    /// Marks a request of `session` in flight, on an engine that shares sessions: a
+    /// handover waits until it is done, so the request finds its session as it was (not
+    /// moved away half-way).
+    pub(super) fn in_flight_on_cluster<'a>(
+        &'a self,
+        session: Option<&'a Arc<Session>>,
+    ) -> Option<InFlight<'a>> {
+        let session = session.filter(|_| self.shared.engine.shares_sessions())?;
+        session.lock().in_flight += 1;
+        Some(InFlight {
+            broker: self,
+            session,
+        })
+    }
+
+    /// Forgets `session` here without ending it and returns its state, with the number of
+    /// the last publish fanned out to it or past it (what the next node adds after).
+    fn release(&self, session: &Arc<Session>) -> Option<SessionHandover> {
+        let client_id = &*session.client_id;
         let (subscriptions, handover) = {
             let mut state = session.lock();
             if state.removed.is_some() {
                 return None;
             }
             state.removed = Some(Removal::Moved);
+            state.handover_to = None;
+            // Publishes up to `engine_seq` were fanned out whole; one being fanned out now
+            // either reached this session (its `last_seq`) or will skip it, removed.
+            let cursor = state
+                .last_seq
+                .max(self.shared.engine_seq.load(Ordering::Relaxed));
             let mut queue = Vec::new();
             state.outbox.queue.drain_into(&mut queue);
             if state.outbox.has_reader() {
@@ -103,11 +193,11 @@ impl Broker {
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .collect(),
                 ack: state.ack.as_deref().map(|ack| ack.export(true)),
-                cursor: 0,
+                cursor,
             };
             (subscriptions, handover)
         };
-        self.forget_session(&session, &subscriptions, Removal::Moved);
+        self.forget_session(session, &subscriptions, Removal::Moved);
         tracing::debug!(%client_id, "session handed over to another node");
         Some(handover)
     }
@@ -117,6 +207,13 @@ impl Broker {
     /// queue is the handed one followed by those of `since` that match its
     /// subscriptions, each once.
     pub fn take_over(&self, handover: SessionHandover, since: &[Publish<'_>]) {
+        let stale = read(&self.shared.sessions)
+            .get(handover.client_id.as_str())
+            .cloned();
+        if let Some(stale) = stale {
+            // A copy left from before this node was cut off: the handed state wins.
+            self.release(&stale);
+        }
         let config = &self.shared.config;
         let now = self.now_ms();
         let identity = handover

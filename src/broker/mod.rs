@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use cluster::HandOver;
 pub use lifecycle::ExtendError;
 pub use local::LocalSession;
 pub use policy::{
@@ -383,6 +384,7 @@ impl Broker {
         let outcome = match lone_connect(&batch, session.as_ref(), &deleted) {
             Some((session, connect)) => self.connect(session, connect, ctx).await,
             None => {
+                let _in_flight = self.in_flight_on_cluster(session.as_ref());
                 // Boxed: a held connect's future must not carry the batch path's state.
                 let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
                 Outcome::Reply(batch.await)
@@ -412,6 +414,7 @@ impl Broker {
                 Err(held) => (None, Some(held)),
             },
             None => {
+                let _in_flight = self.in_flight_on_cluster(session.as_ref());
                 let reply = self
                     .process_batch(&batch, session.as_ref(), ctx, &deleted)
                     .await;

@@ -50,7 +50,7 @@ use super::{
     Claim, Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish,
     SessionHandover,
 };
-use crate::broker::WeakBroker;
+use crate::broker::{HandOver, WeakBroker};
 use crate::config::ConfigError;
 
 /// Entries the log keeps (about: it is trimmed with `MAXLEN ~`). A node that misses more
@@ -91,7 +91,8 @@ return 1
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
 /// live (ms), heartbeat key prefix, control channel prefix, lock time (ms), clientId.
-/// Returns `unknown`, `busy`, `moving` (the serving node was asked for the state),
+/// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
+/// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
 /// the log) or `lost` (no live node serves it, and it has no checkpoint).
 const CLAIM_SCRIPT: &str = r#"
@@ -100,11 +101,11 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then return 'bus
 local previous = redis.call('HGET', KEYS[1], 'owner')
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
   redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1])
-  return 'moving'
+  return 'moving\n' .. (checkpoint or '')
 end
-local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if checkpoint then return 'recover\n' .. checkpoint end
 return 'lost'
 "#;
@@ -406,6 +407,10 @@ impl Engine for RedisEngine {
         })
     }
 
+    fn send_handover(&self, client_id: &str, to: &str, state: Option<SessionHandover>) {
+        send_state(&self.shared, client_id, to, state.as_ref());
+    }
+
     fn end_session(&self, client_id: &str) {
         let (Ok(keys), Ok(mut connection)) = (self.shared.keys(), self.shared.connection()) else {
             return;
@@ -473,14 +478,30 @@ impl Shared {
 
     /// Claims session `client_id` for this node (see the module's doc).
     async fn claim(&self, client_id: &str) -> Result<Claim, EngineError> {
-        let keys = self.keys()?;
-        let mut connection = self.connection()?;
         // Waiting before asking: the state may arrive before the script's answer does.
         let (arrived, state) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.contains_key(client_id) {
+                return Ok(Claim::Busy); // Another request of it is claiming it here.
+            }
+            waiting.insert(client_id.into(), arrived);
+        }
+        let outcome = self.claim_once(client_id, state).await;
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.into(), arrived);
+            .remove(client_id);
+        outcome
+    }
+
+    async fn claim_once(
+        &self,
+        client_id: &str,
+        state: oneshot::Receiver<bool>,
+    ) -> Result<Claim, EngineError> {
+        let keys = self.keys()?;
+        let mut connection = self.connection()?;
         let session = keys.session(client_id);
         let claim = keys.claim(client_id);
         let answer: Result<String, EngineError> = with_timeout(
@@ -498,27 +519,33 @@ impl Shared {
                 .query_async(&mut connection),
         )
         .await;
+        let checkpoint = |text: &str| serde_json::from_str::<SessionHandover>(text).ok();
         let outcome = match answer.as_deref() {
-            Ok("moving") => match tokio::time::timeout(HANDOVER_TIMEOUT, state).await {
-                Ok(Ok(true)) => Ok(Claim::TakenOver),
-                _ => Ok(Claim::Lost),
-            },
+            Ok(answer) if answer.starts_with("moving\n") => {
+                let saved = checkpoint(&answer["moving\n".len()..]);
+                match (tokio::time::timeout(HANDOVER_TIMEOUT, state).await, saved) {
+                    (Ok(Ok(true)), _) => Ok(Claim::TakenOver),
+                    // Its node answered without it (restarted, or the state came too late
+                    // to complete): an ack session is rebuilt from its checkpoint.
+                    (Ok(_), Some(saved)) => Ok(self.rebuild(saved).await),
+                    // Its node did not answer: dead, or cut off from Redis and about to stop
+                    // serving. An ack session waits for its heartbeat to expire, then is
+                    // rebuilt; the claim is given up meanwhile.
+                    (Err(_), Some(_)) => Ok(Claim::Busy),
+                    (_, None) => Ok(Claim::Lost),
+                }
+            }
             Ok(answer) if answer.starts_with("recover\n") => {
-                let checkpoint = serde_json::from_str(&answer["recover\n".len()..]);
-                match checkpoint {
-                    Ok(state) => Ok(self.rebuild(state).await),
-                    Err(_) => Ok(Claim::Lost),
+                match checkpoint(&answer["recover\n".len()..]) {
+                    Some(saved) => Ok(self.rebuild(saved).await),
+                    None => Ok(Claim::Lost),
                 }
             }
             Ok("unknown") => Ok(Claim::Unknown),
-            Ok("busy") => Ok(Claim::Busy),
+            Ok("busy") => return Ok(Claim::Busy),
             Ok(_) => Ok(Claim::Lost),
             Err(error) => Err(error.clone()),
         };
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
         match outcome {
             Ok(Claim::Lost) => {
                 let _ = with_timeout(
@@ -529,7 +556,7 @@ impl Shared {
                 )
                 .await;
             }
-            Ok(Claim::TakenOver) => {
+            Ok(Claim::TakenOver | Claim::Busy) => {
                 let _ = with_timeout(
                     redis::cmd("DEL")
                         .arg(&claim)
@@ -837,11 +864,12 @@ fn control(
     match kind {
         Some(b"handover") => {
             let Some(to) = text(rest) else { return };
-            let state = node.hand_over(client_id).map(|mut state| {
-                state.cursor = cursor;
-                serde_json::to_string(&state).unwrap_or_default()
-            });
-            send_state(shared, client_id, to, state.unwrap_or_default());
+            let state = match node.hand_over(client_id, to) {
+                HandOver::Now(state) => Some(*state),
+                HandOver::Absent => None,
+                HandOver::Later => return, // Sent when its requests here are done.
+            };
+            send_state(shared, client_id, to, state.as_ref());
         }
         Some(b"handed") => {
             let waiter = shared
@@ -876,9 +904,12 @@ fn control(
     }
 }
 
-/// Sends the state of `client_id` (JSON; empty when this node does not have it) to the
-/// node that claimed it. Does not wait.
-fn send_state(shared: &Shared, client_id: &str, to: &str, state: String) {
+/// Sends the state of `client_id` (`None` when this node does not have it) to the node
+/// that claimed it. Does not wait.
+fn send_state(shared: &Shared, client_id: &str, to: &str, state: Option<&SessionHandover>) {
+    let state = state.map_or_else(String::new, |s| {
+        serde_json::to_string(s).unwrap_or_default()
+    });
     let (Ok(keys), Ok(mut connection)) = (shared.keys(), shared.connection()) else {
         return;
     };
@@ -914,7 +945,7 @@ async fn drop_claimed(
             // No record at all: an in-process session, or one declared lost, which its
             // client no longer uses; it expires here by itself.
             let elsewhere = owner.is_some_and(|owner| *owner != *keys.id);
-            if elsewhere && node.hand_over(id).is_some() {
+            if elsewhere && node.forget_moved(id) {
                 tracing::info!(client_id = %id, "session served elsewhere since this node was cut off; forgotten here");
             }
         }
