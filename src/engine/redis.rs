@@ -30,9 +30,11 @@
 //!
 //! Keys (all under the configured prefix; `{bus}` is a hash tag, so a Redis Cluster keeps
 //! the publish script's keys in one slot): `{bus}:seq`, `{bus}:log`, the pub/sub channel
-//! `{bus}:live`, each node's control channel `{bus}:ctl:<node>` and heartbeat key
-//! `{bus}:node:<node>` (expiring five seconds after the node's last beat), and the set
-//! of nodes `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
+//! `{bus}:live`, each node's figures `{bus}:node:<node>` and, per run of a node
+//! (`<node>/<run>`: a node restarted under the same id is another owner), its control
+//! channel `{bus}:ctl:<node>/<run>` and liveness key `{bus}:alive:<node>/<run>` (both
+//! keys expire five seconds after the node's last beat), and the set of nodes
+//! `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
 //! `{s:<clientId>}:claim` (the claim lock), expiring unless the serving node refreshes
 //! them.
 
@@ -90,7 +92,7 @@ return 1
 "#;
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
-/// live (ms), heartbeat key prefix, control channel prefix, lock time (ms), clientId.
+/// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId.
 /// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
 /// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
@@ -135,11 +137,12 @@ redis.call('PUBLISH', KEYS[3], seq .. '\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n'
 return seq
 "#;
 
-/// A node's beat: its figures under its heartbeat key, its id in the set of nodes, and
-/// the probe on its own control channel. KEYS: nodes set, node key, control channel.
-/// ARGV: node id, figures (JSON), time to live (ms).
+/// A node's beat: its figures under its heartbeat key, its id in the set of nodes, this
+/// run's liveness key, and the probe on its own control channel. KEYS: nodes set, node
+/// key, control channel, liveness key. ARGV: node id, figures (JSON), time to live (ms).
 const HEARTBEAT_SCRIPT: &str = r#"
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], 'probe')
 return 1
@@ -196,6 +199,11 @@ struct NodeKeys {
     heartbeat: String,
     control: String,
     control_prefix: String,
+    /// What session records name as their node: the node's id and this run's.
+    owner: Box<str>,
+    /// This run's liveness key, and the prefix of all of them.
+    alive: String,
+    alive_prefix: String,
     /// What session keys start with: `<prefix>{s:`.
     session_prefix: String,
     /// How long a session record lives unrefreshed, ms.
@@ -285,6 +293,10 @@ impl Engine for RedisEngine {
         let config = node.config();
         // Refreshed every third of it, and never shorter than a session may be silent.
         let session_ttl = (config.interval + config.max_interval).max(10_000) + NODE_TTL_MS;
+        // Sessions belong to this run of the node: one restarted under the same id does
+        // not pass for the one that served them.
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("{id}/{}", &run[..8]);
         let keys = NodeKeys {
             id: id.into(),
             seq: format!("{bus}:seq"),
@@ -293,7 +305,10 @@ impl Engine for RedisEngine {
             nodes: format!("{bus}:nodes"),
             node_prefix: format!("{bus}:node:"),
             heartbeat: format!("{bus}:node:{id}"),
-            control: format!("{bus}:ctl:{id}"),
+            control: format!("{bus}:ctl:{owner}"),
+            owner: owner.as_str().into(),
+            alive: format!("{bus}:alive:{owner}"),
+            alive_prefix: format!("{bus}:alive:"),
             control_prefix: format!("{bus}:ctl:"),
             session_prefix: format!("{}{{s:", self.shared.prefix),
             session_ttl,
@@ -370,7 +385,7 @@ impl Engine for RedisEngine {
                     .arg(CREATE_SCRIPT)
                     .arg(1)
                     .arg(keys.session(&client_id))
-                    .arg(&*keys.id)
+                    .arg(&*keys.owner)
                     .arg(keys.session_ttl)
                     .query_async::<()>(&mut connection),
             )
@@ -398,7 +413,7 @@ impl Engine for RedisEngine {
                     .arg(CHECKPOINT_SCRIPT)
                     .arg(1)
                     .arg(keys.session(&state.client_id))
-                    .arg(&*keys.id)
+                    .arg(&*keys.owner)
                     .arg(checkpoint)
                     .arg(keys.session_ttl)
                     .query_async::<()>(&mut connection),
@@ -510,9 +525,9 @@ impl Shared {
                 .arg(2)
                 .arg(&session)
                 .arg(&claim)
-                .arg(&*keys.id)
+                .arg(&*keys.owner)
                 .arg(keys.session_ttl)
-                .arg(&keys.node_prefix)
+                .arg(&keys.alive_prefix)
                 .arg(&keys.control_prefix)
                 .arg(CLAIM_LOCK_MS)
                 .arg(client_id)
@@ -676,10 +691,11 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
             with_timeout(
                 redis::cmd("EVAL")
                     .arg(HEARTBEAT_SCRIPT)
-                    .arg(3)
+                    .arg(4)
                     .arg(&keys.nodes)
                     .arg(&keys.heartbeat)
                     .arg(&keys.control)
+                    .arg(&keys.alive)
                     .arg(&*keys.id)
                     .arg(figures)
                     .arg(NODE_TTL_MS)
@@ -944,7 +960,7 @@ async fn drop_claimed(
         for (id, owner) in chunk.iter().zip(owners) {
             // No record at all: an in-process session, or one declared lost, which its
             // client no longer uses; it expires here by itself.
-            let elsewhere = owner.is_some_and(|owner| *owner != *keys.id);
+            let elsewhere = owner.is_some_and(|owner| *owner != *keys.owner);
             if elsewhere && node.forget_moved(id) {
                 tracing::info!(client_id = %id, "session served elsewhere since this node was cut off; forgotten here");
             }
