@@ -221,7 +221,7 @@ CLUSTER_EXTRA = [
 ]
 
 
-def cluster_report(raw, command, engine):
+def cluster_report(raw, command, engine, lb):
     cases = OrderedDict()
     for line in open(raw):
         if line.strip():
@@ -240,6 +240,11 @@ def cluster_report(raw, command, engine):
         out.append("**Dry run (`CLUSTER_ENGINE=memory`)**: the nodes ran on the memory engine and "
                    "HAProxy sent every request to the first node; these figures test the tooling, "
                    "not the Redis engine.")
+    if lb == "sticky":
+        out.append("")
+        out.append("**Sticky balancer (`CLUSTER_LB=sticky`)**: HAProxy kept each client on one node (a "
+                   "cookie), because the engine did not share sessions yet; publishes still crossed "
+                   "nodes through Redis.")
     out.append("")
     cost = OrderedDict()
     for case, by_server in cases.items():
@@ -306,6 +311,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--merge":
         print(json.dumps(merge(*sys.argv[2:8])))
     elif len(sys.argv) > 1 and sys.argv[1] == "--cluster":
-        cluster_report(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "redis")
+        cluster_report(sys.argv[2], sys.argv[3], *(sys.argv[4:6] + ["redis", "roundrobin"][len(sys.argv[4:6]):]))
     else:
         main()
