@@ -77,7 +77,9 @@ async function round(r) {
                 await cometdPublish(client, channel, {from: client.name, seq}, 10000);
             }
         }
-        const inboxes = [...clients.map(c => [c.name, c.inbox]), ["faye", fayeInbox]];
+        // The clientId in each line, to find the session in the nodes' logs.
+        const inboxes = [...clients.map(c => [`${c.name} (${c.cometd.getClientId()})`, c.inbox]),
+            [`faye (${faye._dispatcher?.clientId ?? "?"})`, fayeInbox]];
         try {
             await waitUntil(() => inboxes.every(([, inbox]) => inbox.count() >= expected), 15000,
                 `${expected} messages at every client`);
