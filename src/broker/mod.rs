@@ -439,6 +439,11 @@ impl Broker {
                 message.received_ms = Some(now);
             }
         }
+        // A node cut from the cluster serves nobody: another node may be serving its
+        // sessions by now, and it could not tell.
+        if self.shared.engine.shares_sessions() && !self.shared.engine.is_ready() {
+            return Err(self.unavailable(batch));
+        }
         if let Some(at) = batch
             .iter()
             .position(|m| m.channel.as_deref() == Some(HANDSHAKE))

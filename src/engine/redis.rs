@@ -760,6 +760,7 @@ async fn listen_once(
     match *cursor {
         Some(last) if newest >= last => {
             catch_up(keys, &mut connection, broker, last, newest, ring).await?;
+            drop_claimed(keys, &mut connection, broker).await?;
         }
         Some(last) => tracing::warn!(
             last,
@@ -890,6 +891,35 @@ fn send_state(shared: &Shared, client_id: &str, to: &str, state: String) {
             tracing::warn!(%error, "a session's state could not be handed over");
         }
     });
+}
+
+/// After this node was cut off, forgets the sessions that other nodes claimed (or
+/// declared lost) meanwhile: the requests for them that come back here claim them anew.
+async fn drop_claimed(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+    broker: &WeakBroker,
+) -> Result<(), EngineError> {
+    let Some(node) = broker.upgrade() else {
+        return Ok(());
+    };
+    let ids = node.session_ids();
+    for chunk in ids.chunks(REFRESH_BATCH) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(keys.session(id)).arg("owner");
+        }
+        let owners: Vec<Option<String>> = with_timeout(pipe.query_async(connection)).await?;
+        for (id, owner) in chunk.iter().zip(owners) {
+            // No record at all: an in-process session, or one declared lost, which its
+            // client no longer uses; it expires here by itself.
+            let elsewhere = owner.is_some_and(|owner| *owner != *keys.id);
+            if elsewhere && node.hand_over(id).is_some() {
+                tracing::info!(client_id = %id, "session served elsewhere since this node was cut off; forgotten here");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds a session of a dead node from its checkpoint: what was published after
