@@ -115,9 +115,16 @@ rm -rf "$context"
 mkdir -p "$context"
 strip -o "$context/halley" "$bin" 2>/dev/null || cp "$bin" "$context/halley"
 rustc --edition 2021 -C opt-level=s -C strip=symbols -C panic=abort -o "$context/halley-probe" docker/probe.rs
+old_id=$("${podman[@]}" image inspect --format '{{.Id}}' "$HALLEY_IMAGE" 2>/dev/null || true)
 timeout 600 "${podman[@]}" build -q --format docker -f docker/Dockerfile --build-arg BINARY_STAGE=prebuilt \
   --build-arg RUNTIME_BASE=localhost/halley-base:bookworm -t "$HALLEY_IMAGE" "$context" >/dev/null \
   || fail "podman build $HALLEY_IMAGE"
+# As docker/test.sh: the previous image and the prebuilt stage's intermediates would pile up.
+new_id=$("${podman[@]}" image inspect --format '{{.Id}}' "$HALLEY_IMAGE")
+[ -z "$old_id" ] || [ "$old_id" = "$new_id" ] || "${podman[@]}" rmi "$old_id" >/dev/null 2>&1 || true
+for id in $("${podman[@]}" images -q --filter dangling=true --filter label=halley.stage=prebuilt); do
+  "${podman[@]}" rmi "$id" >/dev/null 2>&1 || true
+done
 say "building the redis and lb images through podman-compose (docker/Dockerfile.cluster on $DEBIAN_IMAGE)"
 COMPOSE_LIMIT=900 compose build redis lb >"$scratch/build.log" 2>&1 || { tail -n 30 "$scratch/build.log" >&2; fail "podman-compose build"; }
 quiet_podman run --rm --entrypoint redis-server "$HALLEY_REDIS_IMAGE" --version | grep -q 'v=7\.' \
