@@ -37,15 +37,28 @@ pub enum HandOver {
     Absent,
 }
 
-/// A request of a session being processed (see [`Broker::in_flight`]); dropping it
+/// A request of a session being processed (see [`Broker::find_or_claim`]); dropping it
 /// completes a handover promised meanwhile.
-pub(super) struct InFlight<'a> {
-    broker: &'a Broker,
-    session: &'a Arc<Session>,
+pub(super) struct InFlight {
+    broker: Broker,
+    session: Arc<Session>,
+    /// Whether it counts in the session's `in_flight` (only on an engine that shares
+    /// sessions).
+    counted: bool,
 }
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    /// The session the request acts for.
+    pub(super) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let to = {
             let mut state = self.session.lock();
             state.in_flight -= 1;
@@ -56,7 +69,7 @@ impl Drop for InFlight<'_> {
             }
         };
         if let Some(to) = to {
-            let state = self.broker.release(self.session);
+            let state = self.broker.release(&self.session);
             let engine = &self.broker.shared.engine;
             engine.send_handover(&self.session.client_id, &to, state);
         }
@@ -67,25 +80,25 @@ const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Broker {
     /// The session `client_id` if this node serves it; otherwise, on an engine that
-    /// shares sessions, claims it from the node that served it. `Ok(None)`: no such
-    /// session in the cluster (or it was lost with its node). `Err`: the engine cannot
-    /// tell now.
+    /// shares sessions, claims it from the node that served it. The request is in flight
+    /// on it until the returned guard is dropped: the session does not move away
+    /// meanwhile. `Ok(None)`: no such session in the cluster (or it was lost with its
+    /// node). `Err`: the engine cannot tell now.
     pub(super) async fn find_or_claim(
         &self,
         client_id: &str,
-    ) -> Result<Option<Arc<Session>>, EngineError> {
+    ) -> Result<Option<InFlight>, EngineError> {
         let give_up = tokio::time::Instant::now() + CLAIM_PATIENCE;
         while tokio::time::Instant::now() < give_up {
-            let local = read(&self.shared.sessions).get(client_id).cloned();
-            // One promised to another node is claimed back from there once it has moved.
-            if let Some(session) = local.filter(|s| s.lock().handover_to.is_none()) {
-                return Ok(Some(session));
+            if let Some(found) = self.in_flight_here(client_id) {
+                return Ok(Some(found));
             }
             if !self.shared.engine.shares_sessions() {
                 return Ok(None);
             }
             match self.shared.engine.claim_session(client_id).await? {
-                Claim::TakenOver => return Ok(read(&self.shared.sessions).get(client_id).cloned()),
+                // It may have moved on again already: then it is claimed again.
+                Claim::TakenOver => {}
                 Claim::Unknown => return Ok(None),
                 Claim::Lost => {
                     tracing::info!(%client_id, "session lost with the node that served it");
@@ -140,18 +153,25 @@ impl Broker {
         session.is_some_and(|session| self.release(&session).is_some())
     }
 
-    /// Marks a request of `session` in flight, on an engine that shares sessions: a
-    /// handover waits until it is done, so the request finds its session as it was (not
-    /// moved away half-way).
-    pub(super) fn in_flight_on_cluster<'a>(
-        &'a self,
-        session: Option<&'a Arc<Session>>,
-    ) -> Option<InFlight<'a>> {
-        let session = session.filter(|_| self.shared.engine.shares_sessions())?;
-        session.lock().in_flight += 1;
+    /// Session `client_id` if this node serves it (and has not promised it to another
+    /// node), with a request marked in flight on it, on an engine that shares sessions:
+    /// a handover waits until the request is done, so it finds its session as it was.
+    fn in_flight_here(&self, client_id: &str) -> Option<InFlight> {
+        let session = read(&self.shared.sessions).get(client_id).cloned()?;
+        let counted = self.shared.engine.shares_sessions();
+        {
+            let mut state = session.lock();
+            if counted {
+                if state.removed.is_some() || state.handover_to.is_some() {
+                    return None;
+                }
+                state.in_flight += 1;
+            }
+        }
         Some(InFlight {
-            broker: self,
+            broker: self.clone(),
             session,
+            counted,
         })
     }
 

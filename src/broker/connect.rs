@@ -516,6 +516,7 @@ impl Broker {
             .find_or_claim(client_id)
             .await
             .map_err(|_| BayeuxError::ServerUnavailable)?
+            .map(|found| found.session().clone())
             .filter(|s| self.cookie_matches(s, ctx))
             .ok_or(BayeuxError::SessionUnknown)?;
         let mut state = session.lock();
