@@ -129,10 +129,15 @@ impl Cluster {
 
     /// A node named `id`, ready to serve.
     async fn node(&self, id: &str) -> Broker {
+        self.node_with(id, Config::default()).await
+    }
+
+    /// A node named `id` with `config`, ready to serve.
+    async fn node_with(&self, id: &str, config: Config) -> Broker {
         let config = Config {
             node_id: Some(id.to_string()),
             sweep_interval: 100,
-            ..Config::default()
+            ..config
         };
         let engine: Arc<dyn Engine> = match self {
             Cluster::Memory(engine) => Arc::new(engine.clone()),
@@ -632,4 +637,31 @@ async fn redis_concurrent_requests_of_one_session_on_two_nodes_lose_nothing() {
     }
     assert!(refused.is_empty(), "refused: {refused:?}");
     assert_eq!(received, (0..100).collect::<Vec<i64>>());
+}
+
+/// `max_sessions` holds for the cluster: sessions on one node count on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_session_limit_counts_every_node() {
+    let cluster = Cluster::redis("limit");
+    let limited = || Config {
+        max_sessions: 3,
+        ..Config::default()
+    };
+    let nodes = [
+        cluster.node_with("n1", limited()).await,
+        cluster.node_with("n2", limited()).await,
+    ];
+    for _ in 0..3 {
+        handshake(&nodes[0], false).await;
+    }
+    // The nodes' figures travel with their heartbeats, once a second.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let reply = request(
+        &nodes[1],
+        json!([{"channel": "/meta/handshake", "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"]}]),
+    )
+    .await;
+    let refused = &reply[0];
+    assert_eq!(refused["error"], "503::server_busy", "{refused}");
 }
