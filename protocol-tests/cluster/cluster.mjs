@@ -301,7 +301,7 @@ export async function startCluster({name, nodes = 3, args = [], appendonly = fal
         url: `${haproxy.origin}/cometd`,
         origin: haproxy.origin,
         /** The Bayeux URL of node i directly (a client pinned to one node). */
-        nodeUrl: i => `${nodeList[i].url.replace(/\/$/, "")}/cometd`,
+        nodeUrl: i => `${new URL(nodeList[i].url).origin}/cometd`,
         nodeOrigin: i => new URL(nodeList[i].url).origin,
         /** i of the node named `nK` (HAProxy's server names and the --node-id values are the same). */
         indexOf: nodeName => Number(String(nodeName).replace(/^n/, "")) - 1,

@@ -71,7 +71,7 @@ describe("real clients through HAProxy, three nodes", () => {
                 await sleep(QUIET_MS);
                 for (const {sub, inbox} of subs) {
                     const figures = sequenceFigures(inbox.data, expected);
-                    assert.deepEqual(figures, {received: PER * pubs.length, lost: 0, duplicated: 0, outOfOrder: 0},
+                    assert.deepEqual(figures, {received: PER * pubs.length, lost: 0, duplicated: 0, retried: 0, outOfOrder: 0},
                         `${sub.name}: ${JSON.stringify(figures)}`);
                     if (!SELF_CHECK) {
                         assert.ok(new Set(sub.nodes).size > 1, `${sub.name}'s requests all went to ${sub.nodes}`);
@@ -135,7 +135,7 @@ describe("real clients through HAProxy, three nodes", () => {
             await sleep(QUIET_MS);
             for (const {c, inbox} of clients) {
                 assert.deepEqual(sequenceFigures(inbox.data, expected),
-                    {received: PER * clients.length, lost: 0, duplicated: 0, outOfOrder: 0}, c.name);
+                    {received: PER * clients.length, lost: 0, duplicated: 0, retried: 0, outOfOrder: 0}, c.name);
             }
         });
     });
@@ -170,7 +170,7 @@ describe("real clients through HAProxy, three nodes", () => {
             await sleep(QUIET_MS);
             for (const inbox of [lpInbox, wsInbox, cInbox]) {
                 assert.deepEqual(sequenceFigures(inbox.data, expected),
-                    {received: 3 * PER, lost: 0, duplicated: 0, outOfOrder: 0}, inbox.name);
+                    {received: 3 * PER, lost: 0, duplicated: 0, retried: 0, outOfOrder: 0}, inbox.name);
             }
         });
     });
