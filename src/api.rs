@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{Value, json};
+
+use crate::protocol::BayeuxError;
 use subtle::ConstantTimeEq;
 
 use crate::admin::{self, History};
@@ -182,7 +184,7 @@ async fn admin_snapshot(
 }
 
 /// `/health` (liveness: 200 while the process serves) and `/ready` (readiness: 503 once
-/// the broker is draining), unauthenticated, for container health checks and load
+/// the broker is draining, or while its engine cannot reach the cluster), unauthenticated, for container health checks and load
 /// balancers.
 pub fn health_routes(broker: &Broker) -> Router {
     let broker = broker.clone();
@@ -192,11 +194,17 @@ pub fn health_routes(broker: &Broker) -> Router {
             "/ready",
             get(move || {
                 let draining = broker.is_shutting_down();
+                let engine_ready = broker.engine().is_ready();
                 async move {
                     if draining {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
                             Json(json!({"status": "draining"})),
+                        )
+                    } else if !engine_ready {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(json!({"status": "engine unreachable"})),
                         )
                     } else {
                         (StatusCode::OK, Json(json!({"status": "ready"})))
@@ -258,36 +266,64 @@ async fn publish(
         .map(|(i, item)| publish_item(i, item))
         .collect::<Result<Vec<_>, _>>()
         .inspect_err(|_| api.metrics.refused(Refusal::BadRequest))?;
-    let results: Vec<Value> = messages
-        .into_iter()
-        .map(|message| {
-            let channel = message.channel.clone().unwrap_or_default();
-            match api.broker.publish_message(message) {
-                Ok(queued) => json!({"channel": channel, "queued": queued}),
-                Err(error) => json!({"channel": channel, "error": error.to_string()}),
+    let mut results = Vec::with_capacity(messages.len());
+    let mut unavailable = false;
+    for message in messages {
+        let channel = message.channel.clone().unwrap_or_default();
+        results.push(match api.broker.publish_message(message).await {
+            Ok(queued) => json!({"channel": channel, "queued": queued}),
+            Err(error) => {
+                unavailable |= error == BayeuxError::ServerUnavailable;
+                json!({"channel": channel, "error": error.to_string()})
             }
-        })
-        .collect();
+        });
+    }
     let body = if single {
         results.into_iter().next().unwrap_or(Value::Null)
     } else {
         Value::Array(results)
     };
-    Ok(Json(body).into_response())
+    // The engine could not carry it: the caller must retry, not assume delivery.
+    let status = if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 async fn stats(State(api): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     api.authorize(&headers, ApiRight::Stats)?;
     let s = api.broker.stats();
-    Ok(Json(json!({
+    let mut body = json!({
         "sessions": s.sessions,
         "subscriptions": s.subscriptions,
         "published": s.published,
         "delivered": s.delivered,
         "dropped": s.dropped,
         "held_requests": crate::server::http1::held_requests(),
-    }))
-    .into_response())
+    });
+    // On a cluster the figures are every node's, summed, with each node listed.
+    match api.broker.engine().cluster_stats().await {
+        None => {}
+        Some(Ok(nodes)) => {
+            body["sessions"] = nodes.iter().map(|n| n.sessions).sum::<usize>().into();
+            body["subscriptions"] = nodes.iter().map(|n| n.subscriptions).sum::<usize>().into();
+            body["published"] = nodes.iter().map(|n| n.published).sum::<u64>().into();
+            body["delivered"] = nodes.iter().map(|n| n.delivered).sum::<u64>().into();
+            body["dropped"] = nodes.iter().map(|n| n.dropped).sum::<u64>().into();
+            body["node"] = api.broker.node_id().into();
+            body["nodes"] = serde_json::to_value(&nodes).unwrap_or_default();
+        }
+        Some(Err(error)) => {
+            return Ok((
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": format!("cluster figures unavailable: {error}")})),
+            )
+                .into_response());
+        }
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn disconnect(

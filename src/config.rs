@@ -295,8 +295,13 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
-    /// What carries publishes between nodes: `memory` (one process).
+    /// What carries publishes between nodes: `memory` (one process), or
+    /// `redis://HOST:PORT[/DB]` (many nodes on one Redis).
     pub engine: String,
+    /// This node's id in a cluster; random when unset.
+    pub node_id: Option<String>,
+    /// What every Redis key of the cluster starts with, so clusters can share a Redis.
+    pub redis_prefix: String,
     /// The transports offered to clients; requests of any other are refused.
     pub transports: Vec<Transport>,
     /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
@@ -353,6 +358,8 @@ impl Default for Config {
             security: SecurityConfig::default(),
             log_level: "info".into(),
             engine: "memory".into(),
+            node_id: None,
+            redis_prefix: "halley:".into(),
             transports: Transport::ALL.to_vec(),
             websocket_ping_interval: 25_000,
             log_format: LogFormat::Text,
@@ -548,9 +555,16 @@ pub struct Args {
     /// Log level or tracing filter directive [default: info].
     #[arg(long, env = "HALLEY_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// What carries publishes between nodes: `memory` (one process) [default: memory].
+    /// What carries publishes between nodes: `memory` (one process) or
+    /// `redis://HOST:PORT[/DB]` (many nodes on one Redis) [default: memory].
     #[arg(long, env = "HALLEY_ENGINE", value_name = "ENGINE")]
     pub engine: Option<String>,
+    /// This node's id in a cluster: letters, digits, `-`, `_`, `.` [default: random].
+    #[arg(long, env = "HALLEY_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key the cluster uses [default: halley:].
+    #[arg(long, env = "HALLEY_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket].
     #[arg(
         long,
@@ -632,10 +646,14 @@ impl Config {
             busy_interval,
             log_level,
             engine,
+            redis_prefix,
             transports,
             websocket_ping_interval,
             log_format
         );
+        if args.node_id.is_some() {
+            config.node_id = args.node_id;
+        }
         if args.metrics_listen.is_some() {
             config.metrics_listen = args.metrics_listen;
         }
@@ -693,6 +711,18 @@ impl Config {
         }
         if self.transports.is_empty() {
             return invalid("transports must name at least one transport");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return invalid("node_id must be 1-64 letters, digits, '-', '_' or '.'");
+        }
+        if self.redis_prefix.len() > 64 || self.redis_prefix.contains(['{', '}']) {
+            return invalid("redis_prefix must be at most 64 bytes, without '{' or '}'");
         }
         if let Some(echo) = &self.websocket_echo_path
             && (!echo.starts_with('/') || echo.starts_with(self.path.as_str()))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::routing::FanOut;
+use super::routing::{FanOut, confirm};
 use super::session::Session;
 use super::{
     Broker, CONNECT, DISCONNECT, Removal, ReplyBatch, RequestContext, SUBSCRIBE, UNSUBSCRIBE,
@@ -33,6 +33,9 @@ impl Broker {
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut connects = Vec::new();
+        // Publishes an engine must still confirm, answered once it has: they are sent in
+        // order and confirmed together, so a batch costs one engine round trip.
+        let mut unconfirmed = Vec::new();
         for (i, message) in batch.iter().enumerate() {
             let reply = if deleted.get(i) == Some(&true) {
                 Some(Reply::failed(message, BayeuxError::MessageDeleted).encode())
@@ -40,7 +43,10 @@ impl Broker {
                 match self.process_message(message, session, ctx) {
                     Processed::Reply(reply) => Some(reply),
                     Processed::Connect => None,
-                    Processed::Published(reply, fan_out) => {
+                    Processed::Published(reply, mut fan_out) => {
+                        if let Some(confirmation) = fan_out.confirmation.take() {
+                            unconfirmed.push((i, confirmation));
+                        }
                         self.fan_out_yielding(fan_out).await;
                         Some(reply)
                     }
@@ -50,6 +56,14 @@ impl Broker {
                 connects.push(i);
             }
             replies.push(reply);
+        }
+        for (i, confirmation) in unconfirmed {
+            if let Err(error) = confirm(Some(confirmation)).await {
+                self.shared
+                    .metrics
+                    .publish(self.count_outcome(&Err(error.clone())));
+                replies[i] = Some(Reply::failed(&batch[i], error).encode());
+            }
         }
         let mut messages = Vec::new();
         if let Some(s) = session {

@@ -81,8 +81,11 @@ impl LocalSession {
         let mut message = self.message(channel);
         let raw = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::DataInvalid)?;
         message.data = Some(raw);
-        if let Some(fan_out) = self.broker.publish_from(&message, channel, &self.session)? {
+        if let Some(mut fan_out) = self.broker.publish_from(&message, channel, &self.session)? {
             self.broker.fan_out_now(&fan_out);
+            if let Some(confirmation) = fan_out.confirmation.take() {
+                super::routing::log_unconfirmed(channel.to_string(), confirmation);
+            }
         }
         Ok(())
     }

@@ -188,6 +188,8 @@ struct Shared {
     node_id: Box<str>,
     /// Carries publishes to and from other nodes.
     engine: Arc<dyn Engine>,
+    /// The engine brings this node's own publishes back to it ([`Engine::publish`]).
+    engine_loops_back: bool,
     /// What operators scrape: every outcome the broker decides is counted here.
     metrics: Arc<Metrics>,
     /// Transport names for the handshake reply: only the ones that really work.
@@ -266,10 +268,16 @@ impl Broker {
         engine: Arc<dyn Engine>,
     ) -> Broker {
         let handshake_tokens = f64::from(config.max_handshakes_per_second);
+        let node_id = config
+            .node_id
+            .as_deref()
+            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
+            .into();
         let broker = Broker {
             shared: Arc::new(Shared {
                 config,
-                node_id: uuid::Uuid::new_v4().simple().to_string().into(),
+                node_id,
+                engine_loops_back: engine.loops_back(),
                 engine,
                 metrics: Arc::new(Metrics::new()),
                 connection_types: connection_types.to_vec(),
@@ -308,6 +316,11 @@ impl Broker {
     /// This node's id: what publishes it sends through the engine carry as their origin.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The engine this node's publishes leave through (readiness, cluster figures).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.shared.engine
     }
 
     /// A handle that does not keep the broker alive.

@@ -18,26 +18,41 @@ use super::outbox::Enqueued;
 use super::session::Session;
 use super::tree::{Matches, SubscriberKey};
 use super::{Broker, read};
-use crate::engine::Publish;
+use crate::engine::{Confirmation, Publish};
 use crate::metrics::DropReason;
 use crate::protocol::{BayeuxError, ChannelClass, ChannelName, Delivery, Message, Publisher};
 
 impl Broker {
-    /// Publishes `data` on `channel` from the server side. Returns how many local sessions
-    /// it was queued for.
+    /// Publishes `data` on `channel` from the server side, without waiting: returns how
+    /// many local sessions it was queued for (0 on an engine that routes through other
+    /// nodes, whose later failure is logged). Code that must know the publish was accepted
+    /// uses [`Broker::publish_message`].
     pub fn publish(&self, channel: &str, data: &Value) -> Result<usize, BayeuxError> {
         let data = serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::DataInvalid)?;
-        self.publish_message(Message {
+        let (queued, confirmation) = self.publish_server_side(Message {
             channel: Some(channel.to_string()),
             data: Some(data),
             ..Message::default()
-        })
+        })?;
+        if let Some(confirmation) = confirmation {
+            log_unconfirmed(channel.to_string(), confirmation);
+        }
+        Ok(queued)
     }
 
     /// Publishes a whole message (`channel`, `data`, `ext`) from the server side, through
-    /// the security policy and the outgoing hooks. Returns how many local sessions it was
-    /// queued for.
-    pub fn publish_message(&self, message: Message) -> Result<usize, BayeuxError> {
+    /// the security policy and the outgoing hooks, and waits until the engine accepted it.
+    /// Returns how many local sessions it was queued for (0 on an engine that routes
+    /// through other nodes: they are reached after the engine's round trip).
+    pub async fn publish_message(&self, message: Message) -> Result<usize, BayeuxError> {
+        let (queued, confirmation) = self.publish_server_side(message)?;
+        confirm(confirmation).await.map(|()| queued)
+    }
+
+    fn publish_server_side(
+        &self,
+        message: Message,
+    ) -> Result<(usize, Option<Confirmation>), BayeuxError> {
         let channel = message
             .channel
             .as_deref()
@@ -51,7 +66,8 @@ impl Broker {
         };
         let counted = result.as_ref().map(drop).map_err(Clone::clone);
         self.shared.metrics.publish(self.count_outcome(&counted));
-        Ok(self.fan_out_now(&result?))
+        let mut fan_out = result?;
+        Ok((self.fan_out_now(&fan_out), fan_out.confirmation.take()))
     }
 
     /// A publish by `session` (a client or an in-process session): a service channel
@@ -78,10 +94,12 @@ impl Broker {
         }
     }
 
-    /// Fans out a publish that another node accepted, to this node's sessions. Returns
-    /// how many it was queued for. A publish that this node sent itself is ignored.
+    /// Fans out a publish that the engine carried, to this node's sessions. Returns how
+    /// many it was queued for. A publish that this node sent itself is ignored, unless
+    /// the engine brings every publish back to its origin ([`Engine::publish`]'s
+    /// confirmation), where this is the only fan-out it gets.
     pub fn deliver_from_engine(&self, publish: &Publish<'_>) -> usize {
-        if publish.origin == self.node_id() {
+        if publish.origin == self.node_id() && !self.shared.engine_loops_back {
             return 0;
         }
         let Ok(name) = ChannelName::parse(publish.channel) else {
@@ -97,6 +115,7 @@ impl Broker {
             bytes: publish.bytes.clone(),
             skip,
             published: Instant::now(),
+            confirmation: None,
         })
     }
 
@@ -127,21 +146,29 @@ impl Broker {
             bytes: &bytes,
             publisher: publisher.map(|s| &*s.client_id),
         };
-        if let Err(error) = self.shared.engine.publish(&publish) {
-            tracing::warn!(%error, channel = name.as_str(), "publish refused by the engine");
-            return Err(BayeuxError::ServerUnavailable);
-        }
+        let confirmation = match self.shared.engine.publish(&publish) {
+            Ok(confirmation) => confirmation,
+            Err(error) => {
+                tracing::warn!(%error, channel = name.as_str(), "publish refused by the engine");
+                return Err(BayeuxError::ServerUnavailable);
+            }
+        };
         self.shared
             .counters
             .published
             .fetch_add(1, Ordering::Relaxed);
-        // The tree's lock is held only to take the matching sets, never for the fan-out.
-        let targets = read(&self.shared.tree).matches(name);
+        // An engine that brings the publish back fans it out here in its own order.
+        let targets = match confirmation {
+            Some(_) => Matches::default(),
+            // The tree's lock is held only to take the matching sets, never for the fan-out.
+            None => read(&self.shared.tree).matches(name),
+        };
         Ok(FanOut {
             targets,
             bytes,
             skip: publisher.map(|s| s.key),
             published: Instant::now(),
+            confirmation,
         })
     }
 
@@ -228,6 +255,34 @@ pub(super) struct FanOut {
     skip: Option<SubscriberKey>,
     /// When it was published: one clock read for every recipient's latency metric.
     published: Instant,
+    /// Set when the engine fans the publish out itself (to this node too): whether it
+    /// accepted it, which the publisher's reply waits for.
+    pub confirmation: Option<Confirmation>,
+}
+
+/// Waits for an engine's confirmation, if there is one: a publish the engine could not
+/// carry is `503::server_unavailable`, never acknowledged and dropped.
+pub(super) async fn confirm(confirmation: Option<Confirmation>) -> Result<(), BayeuxError> {
+    let Some(confirmation) = confirmation else {
+        return Ok(());
+    };
+    match confirmation.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "publish not carried by the engine");
+            Err(BayeuxError::ServerUnavailable)
+        }
+        Err(_engine_gone) => Err(BayeuxError::ServerUnavailable),
+    }
+}
+
+/// Logs the failure of a publish whose caller does not wait for the engine.
+pub(super) fn log_unconfirmed(channel: String, confirmation: Confirmation) {
+    tokio::spawn(async move {
+        if confirm(Some(confirmation)).await.is_err() {
+            tracing::warn!(%channel, "server-side publish lost: the engine could not carry it");
+        }
+    });
 }
 
 impl FanOut {

@@ -54,6 +54,13 @@ pub struct Matches<V> {
     sets: Vec<Subscribers<V>>,
 }
 
+impl<V> Default for Matches<V> {
+    /// Nobody: the fan-out of a publish the engine brings back later.
+    fn default() -> Self {
+        Matches { sets: Vec::new() }
+    }
+}
+
 impl<V> Matches<V> {
     /// How many subscribers the sets hold, a session matched by several patterns counted
     /// once per pattern.

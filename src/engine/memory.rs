@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::{Engine, EngineError, Interest, Publish};
+use super::{Confirmation, Engine, EngineError, Interest, Publish};
 use crate::broker::WeakBroker;
 
 /// The default engine. Clones share their nodes.
@@ -36,11 +36,11 @@ impl Engine for MemoryEngine {
         nodes.push(node);
     }
 
-    fn publish(&self, publish: &Publish<'_>) -> Result<(), EngineError> {
+    fn publish(&self, publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError> {
         let others: Vec<WeakBroker> = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             if nodes.len() < 2 {
-                return Ok(());
+                return Ok(None);
             }
             nodes.clone()
         };
@@ -50,7 +50,7 @@ impl Engine for MemoryEngine {
                 node.deliver_from_engine(publish);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn interest(&self, _pattern: &str, _change: Interest) {

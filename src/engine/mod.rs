@@ -13,9 +13,14 @@
 //!
 //! - [`memory`]: the default. One process; brokers given clones of one
 //!   [`MemoryEngine`] form an in-process cluster (used by tests).
+//! - [`redis`]: many processes on one Redis. Publishes go through one ordered, bounded
+//!   log in Redis and come back to every node (the publisher's too) in the same order.
 
 pub mod memory;
+pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +29,31 @@ use crate::broker::WeakBroker;
 use crate::config::ConfigError;
 
 pub use memory::MemoryEngine;
+pub use redis::RedisEngine;
+
+/// Resolves when an engine that delivers a publish back to its own node has accepted it
+/// (`Ok`) or failed to (`Err`): the publisher's reply waits for it.
+pub type Confirmation = tokio::sync::oneshot::Receiver<Result<(), EngineError>>;
+
+/// A boxed future, so the engine trait stays object-safe.
+pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One node of a cluster as the others see it (for `/api/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    /// The node's id.
+    pub id: String,
+    /// Its live sessions.
+    pub sessions: usize,
+    /// Its (session, pattern) subscriptions.
+    pub subscriptions: usize,
+    /// Publishes it accepted.
+    pub published: u64,
+    /// Copies it queued to its sessions.
+    pub delivered: u64,
+    /// Copies its overflow policy dropped.
+    pub dropped: u64,
+}
 
 /// A publish leaving or entering a node: routed, checked and serialized already.
 #[derive(Debug, Clone, Copy)]
@@ -72,20 +102,45 @@ pub trait Engine: Send + Sync + 'static {
     /// `node.deliver_from_engine`. Called once, when the broker is built.
     fn attach(&self, node: WeakBroker);
 
-    /// Sends a publish accepted on this node to every other node.
-    fn publish(&self, publish: &Publish<'_>) -> Result<(), EngineError>;
+    /// Sends a publish accepted on this node to every other node. `Ok(None)`: the broker
+    /// fans it out to its own sessions now. `Ok(Some(confirmation))`: the engine brings it
+    /// back to this node too, in the engine's order (through
+    /// [`crate::Broker::deliver_from_engine`]), and the confirmation says whether it was
+    /// accepted.
+    fn publish(&self, publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError>;
+
+    /// Whether every publish comes back to the node it was accepted on, which then fans
+    /// it out only when it does ([`Engine::publish`] answers with a confirmation).
+    fn loops_back(&self) -> bool {
+        false
+    }
+
+    /// Whether this node can reach the rest of the cluster now (`/ready`).
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Every node of the cluster with its figures, this one included; `None` when the
+    /// engine has no other nodes to ask (the broker's own stats are the whole truth).
+    fn cluster_stats(&self) -> EngineFuture<'_, Option<Result<Vec<NodeStats>, EngineError>>> {
+        Box::pin(std::future::ready(None))
+    }
 
     /// Reports a change of this node's interest in `pattern`. Called with the
     /// subscription tree locked, so changes for one pattern arrive in order.
     fn interest(&self, pattern: &str, change: Interest);
 }
 
-/// The engine a configuration names (`engine = "memory"`).
-pub fn from_config(engine: &str) -> Result<Arc<dyn Engine>, ConfigError> {
-    match engine {
+/// The engine a configuration names: `memory`, or `redis://HOST:PORT[/DB]` with the
+/// configured key prefix.
+pub fn from_config(config: &crate::config::Config) -> Result<Arc<dyn Engine>, ConfigError> {
+    match config.engine.as_str() {
         "memory" => Ok(Arc::new(MemoryEngine::default())),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(Arc::new(RedisEngine::open(url, &config.redis_prefix)?))
+        }
         other => Err(ConfigError::Invalid(format!(
-            "unknown engine {other:?}: this build has \"memory\""
+            "unknown engine {other:?}: this build has \"memory\" and \"redis://HOST:PORT[/DB]\""
         ))),
     }
 }

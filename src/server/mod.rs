@@ -116,7 +116,7 @@ pub fn broker(config: Config) -> Result<Broker, ConfigError> {
         .then(|| ConfiguredPolicy::new(&config.security))
         .transpose()?;
     let demo = config.demo;
-    let engine = engine::from_config(&config.engine)?;
+    let engine = engine::from_config(&config)?;
     let connection_types = transport::connection_types(&config);
     let broker = Broker::with_engine(config, &connection_types, engine);
     if let Some(policy) = policy {

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use crate::engine::{Engine, EngineError, Interest, MemoryEngine, Publish};
+use crate::engine::{Confirmation, Engine, EngineError, Interest, MemoryEngine, Publish};
 
 /// Counts the publishes its hook sees on one node.
 #[derive(Clone, Default)]
@@ -137,11 +137,11 @@ impl Engine for RecordingEngine {
 
     fn attach(&self, _node: WeakBroker) {}
 
-    fn publish(&self, _publish: &Publish<'_>) -> Result<(), EngineError> {
+    fn publish(&self, _publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError> {
         if self.refuse.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable("test".into()));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn interest(&self, pattern: &str, change: Interest) {

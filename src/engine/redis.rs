@@ -1,0 +1,607 @@
+//! The Redis engine: many Halley nodes on one Redis.
+//!
+//! Every publish goes through one Lua script that numbers it (`INCR`), appends it to a
+//! bounded log (a stream trimmed to [`LOG_LENGTH`] entries) and announces it on one
+//! pub/sub channel that every node listens to, the publisher's node too. Each node fans
+//! out what it hears to its own sessions, in the log's order, so the Redis work of a
+//! publish is the same whatever the number of subscribers: one script, one stream entry,
+//! one message per node.
+//!
+//! The numbers make loss visible. A node that hears publish `n + 2` after `n` reads
+//! `n + 1` from the log before going on; a node whose pub/sub connection dropped reads
+//! everything it missed from the log when it is back. A probe goes round every second
+//! (the heartbeat publishes on the node's own control channel), so a pub/sub connection
+//! that stopped delivering without an error is noticed and replaced too.
+//!
+//! While the node cannot reach Redis it is not ready (`/ready` answers 503), and a
+//! publish is refused at once or fails when its round trip times out: it is answered
+//! unsuccessfully, never acknowledged and dropped.
+//!
+//! Keys (all under the configured prefix; `{bus}` is a hash tag, so a Redis Cluster keeps
+//! the publish script's keys in one slot): `{bus}:seq`, `{bus}:log`, the pub/sub channel
+//! `{bus}:live`, each node's control channel `{bus}:ctl:<node>` and heartbeat key
+//! `{bus}:node:<node>` (expiring five seconds after the node's last beat), and the set
+//! of nodes `{bus}:nodes`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish};
+use crate::broker::WeakBroker;
+use crate::config::ConfigError;
+
+/// Entries the log keeps (about: it is trimmed with `MAXLEN ~`). A node that misses more
+/// than this while cut off loses the difference, and says so in its log.
+pub const LOG_LENGTH: u64 = 100_000;
+/// Publishes waiting for their round trip to Redis; past this a publish is refused.
+const BACKLOG: usize = 10_000;
+/// Publishes sent to Redis in one pipeline.
+const PIPELINE: usize = 256;
+/// How often a node announces itself and sends its probe round.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node's heartbeat key outlives its last beat: it is dead after that.
+const NODE_TTL_MS: u64 = 5_000;
+/// A pub/sub connection that heard nothing, not even the probe, for this long is replaced.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for one command or pipeline.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two attempts to reach Redis.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Log entries read per `XRANGE` while catching up.
+const CATCH_UP_BATCH: usize = 1_000;
+
+/// Numbers a publish, logs it and announces it. KEYS: seq, log, live channel. ARGV:
+/// origin, channel, publisher ("" for none), message, log length.
+const PUBLISH_SCRIPT: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
+  'o', ARGV[1], 'c', ARGV[2], 'p', ARGV[3], 'b', ARGV[4])
+redis.call('PUBLISH', KEYS[3], seq .. '\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. ARGV[2] .. '\n' .. ARGV[4])
+return seq
+"#;
+
+/// A node's beat: its figures under its heartbeat key, its id in the set of nodes, and
+/// the probe on its own control channel. KEYS: nodes set, node key, control channel.
+/// ARGV: node id, figures (JSON), time to live (ms).
+const HEARTBEAT_SCRIPT: &str = r#"
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[3], 'probe')
+return 1
+"#;
+
+/// Every live node's figures; forgets nodes whose heartbeat expired. KEYS: nodes set.
+/// ARGV: heartbeat key prefix.
+const NODES_SCRIPT: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local figures = redis.call('GET', ARGV[1] .. id)
+  if figures then table.insert(out, figures) else redis.call('SREM', KEYS[1], id) end
+end
+return out
+"#;
+
+/// The engine that puts Halley nodes on one Redis (`--engine redis://HOST:PORT[/DB]`).
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    prefix: Box<str>,
+    /// This node's keys, known once the broker is attached.
+    node: OnceLock<NodeKeys>,
+    /// The connection for commands; `None` until Redis was first reached.
+    connection: Mutex<Option<ConnectionManager>>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Taken by the publisher task when the broker is attached.
+    outgoing_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// The pub/sub connection is subscribed, caught up, and its probe is on time.
+    listening: AtomicBool,
+    /// The last heartbeat's round trip succeeded.
+    beating: AtomicBool,
+}
+
+/// The keys of the whole cluster and of this node.
+struct NodeKeys {
+    id: Box<str>,
+    seq: String,
+    log: String,
+    live: String,
+    nodes: String,
+    node_prefix: String,
+    heartbeat: String,
+    control: String,
+}
+
+/// A publish on its way to Redis, with whoever waits for its outcome.
+struct Outgoing {
+    origin: Box<str>,
+    channel: Box<str>,
+    publisher: Box<str>,
+    bytes: Bytes,
+    done: oneshot::Sender<Result<(), EngineError>>,
+}
+
+/// A publish as it comes back from Redis.
+struct Carried {
+    seq: u64,
+    origin: String,
+    publisher: String,
+    channel: String,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.shared.prefix)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl RedisEngine {
+    /// An engine for the Redis at `url`, with every key under `prefix`. Nothing is
+    /// contacted until the broker attaches it.
+    pub fn open(url: &str, prefix: &str) -> Result<RedisEngine, ConfigError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| ConfigError::Invalid(format!("engine {url:?}: {e}")))?;
+        let (outgoing, outgoing_rx) = mpsc::channel(BACKLOG);
+        Ok(RedisEngine {
+            shared: Arc::new(Shared {
+                client,
+                prefix: prefix.into(),
+                node: OnceLock::new(),
+                connection: Mutex::new(None),
+                outgoing,
+                outgoing_rx: Mutex::new(Some(outgoing_rx)),
+                listening: AtomicBool::new(false),
+                beating: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn attach(&self, broker: WeakBroker) {
+        let Some(node) = broker.upgrade() else { return };
+        let bus = format!("{}{{bus}}", self.shared.prefix);
+        let id = node.node_id();
+        let keys = NodeKeys {
+            id: id.into(),
+            seq: format!("{bus}:seq"),
+            log: format!("{bus}:log"),
+            live: format!("{bus}:live"),
+            nodes: format!("{bus}:nodes"),
+            node_prefix: format!("{bus}:node:"),
+            heartbeat: format!("{bus}:node:{id}"),
+            control: format!("{bus}:ctl:{id}"),
+        };
+        if self.shared.node.set(keys).is_err() {
+            tracing::error!("the Redis engine serves one broker; attached twice");
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("the Redis engine needs a tokio runtime when the broker is built");
+            return;
+        };
+        let receiver = self
+            .shared
+            .outgoing_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            runtime.spawn(send_publishes(self.shared.clone(), receiver));
+        }
+        runtime.spawn(beat(self.shared.clone(), broker.clone()));
+        runtime.spawn(listen(self.shared.clone(), broker));
+    }
+
+    fn publish(&self, publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError> {
+        if !self.is_ready() {
+            return Err(EngineError::Unavailable("Redis is unreachable".into()));
+        }
+        let (done, confirmation) = oneshot::channel();
+        let outgoing = Outgoing {
+            origin: publish.origin.into(),
+            channel: publish.channel.into(),
+            publisher: publish.publisher.unwrap_or_default().into(),
+            bytes: publish.bytes.clone(),
+            done,
+        };
+        match self.shared.outgoing.try_send(outgoing) {
+            Ok(()) => Ok(Some(confirmation)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Backlog),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(EngineError::Unavailable("the engine stopped".into()))
+            }
+        }
+    }
+
+    fn interest(&self, _pattern: &str, _change: Interest) {
+        // Every node hears every publish and matches it against its own tree.
+    }
+
+    fn loops_back(&self) -> bool {
+        true
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.listening.load(Ordering::Relaxed) && self.shared.beating.load(Ordering::Relaxed)
+    }
+
+    fn cluster_stats(&self) -> EngineFuture<'_, Option<Result<Vec<NodeStats>, EngineError>>> {
+        Box::pin(async move {
+            let result = async {
+                let keys = self.shared.keys()?;
+                let mut connection = self.shared.connection()?;
+                let figures: Vec<String> = with_timeout(
+                    redis::cmd("EVAL")
+                        .arg(NODES_SCRIPT)
+                        .arg(1)
+                        .arg(&keys.nodes)
+                        .arg(&keys.node_prefix)
+                        .query_async(&mut connection),
+                )
+                .await?;
+                let mut nodes: Vec<NodeStats> = figures
+                    .iter()
+                    .filter_map(|f| serde_json::from_str(f).ok())
+                    .collect();
+                nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(nodes)
+            };
+            Some(result.await)
+        })
+    }
+}
+
+impl Shared {
+    fn keys(&self) -> Result<&NodeKeys, EngineError> {
+        self.node
+            .get()
+            .ok_or_else(|| EngineError::Unavailable("the engine is not attached".into()))
+    }
+
+    /// The command connection, if Redis was reached once (it reconnects by itself).
+    fn connection(&self) -> Result<ConnectionManager, EngineError> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| EngineError::Unavailable("Redis not reached yet".into()))
+    }
+
+    /// Makes the command connection if there is none yet.
+    async fn connect(&self) -> Result<ConnectionManager, EngineError> {
+        if let Ok(connection) = self.connection() {
+            return Ok(connection);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_DELAY);
+        let connection = with_timeout(ConnectionManager::new_with_config(
+            self.client.clone(),
+            config,
+        ))
+        .await?;
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+/// Runs a Redis command with [`COMMAND_TIMEOUT`], its failure as the engine's error.
+async fn with_timeout<T>(
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(EngineError::Unavailable(error.to_string())),
+        Err(_) => Err(EngineError::Unavailable(
+            "Redis did not answer in time".into(),
+        )),
+    }
+}
+
+/// Sends publishes to Redis in order, a pipeline of up to [`PIPELINE`] at a time, and
+/// tells each publisher the outcome.
+async fn send_publishes(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
+    let mut batch = Vec::with_capacity(PIPELINE);
+    while outgoing.recv_many(&mut batch, PIPELINE).await > 0 {
+        let result = async {
+            let keys = shared.keys()?;
+            let mut connection = shared.connect().await?;
+            let mut pipe = redis::pipe();
+            for publish in &batch {
+                pipe.cmd("EVAL")
+                    .arg(PUBLISH_SCRIPT)
+                    .arg(3)
+                    .arg(&keys.seq)
+                    .arg(&keys.log)
+                    .arg(&keys.live)
+                    .arg(&*publish.origin)
+                    .arg(&*publish.channel)
+                    .arg(&*publish.publisher)
+                    .arg(&publish.bytes[..])
+                    .arg(LOG_LENGTH)
+                    .ignore();
+            }
+            with_timeout(pipe.query_async::<()>(&mut connection)).await
+        }
+        .await;
+        if let Err(error) = &result {
+            tracing::warn!(%error, publishes = batch.len(), "publishes not carried by Redis");
+        }
+        for publish in batch.drain(..) {
+            let _ = publish.done.send(result.clone());
+        }
+    }
+}
+
+/// Announces the node every [`HEARTBEAT`] with its figures, and sends the probe that
+/// keeps its pub/sub connection honest. Stops with the broker.
+async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(node) = broker.upgrade() else { return };
+        let stats = node.stats();
+        drop(node);
+        let result = async {
+            let keys = shared.keys()?;
+            let figures = NodeStats {
+                id: keys.id.to_string(),
+                sessions: stats.sessions,
+                subscriptions: stats.subscriptions,
+                published: stats.published,
+                delivered: stats.delivered,
+                dropped: stats.dropped,
+            };
+            let figures = serde_json::to_string(&figures).unwrap_or_default();
+            let mut connection = shared.connect().await?;
+            with_timeout(
+                redis::cmd("EVAL")
+                    .arg(HEARTBEAT_SCRIPT)
+                    .arg(3)
+                    .arg(&keys.nodes)
+                    .arg(&keys.heartbeat)
+                    .arg(&keys.control)
+                    .arg(&*keys.id)
+                    .arg(figures)
+                    .arg(NODE_TTL_MS)
+                    .query_async::<()>(&mut connection),
+            )
+            .await
+        }
+        .await;
+        let was = shared.beating.swap(result.is_ok(), Ordering::Relaxed);
+        match result {
+            Err(error) if was => {
+                tracing::warn!(%error, "Redis unreachable: this node is not ready")
+            }
+            Ok(()) if !was => tracing::info!("Redis reached"),
+            _ => {}
+        }
+    }
+}
+
+/// Listens to the cluster's publishes for as long as the broker lives, reconnecting
+/// whenever the pub/sub connection fails or its probe is late.
+async fn listen(shared: Arc<Shared>, broker: WeakBroker) {
+    // The number of the last publish fanned out; `None` before the first connection.
+    let mut cursor: Option<u64> = None;
+    loop {
+        if let Err(error) = listen_once(&shared, &broker, &mut cursor).await {
+            if shared.listening.swap(false, Ordering::Relaxed) {
+                tracing::warn!(%error, "lost the Redis pub/sub connection; reconnecting");
+            } else {
+                tracing::debug!(%error, "Redis pub/sub not reachable yet");
+            }
+        }
+        if broker.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// One pub/sub connection's life: subscribe, catch up on what was missed, then fan out
+/// every publish in order until the connection fails.
+async fn listen_once(
+    shared: &Shared,
+    broker: &WeakBroker,
+    cursor: &mut Option<u64>,
+) -> Result<(), EngineError> {
+    let keys = shared.keys()?;
+    let mut pubsub = with_timeout(shared.client.get_async_pubsub()).await?;
+    with_timeout(pubsub.subscribe(&[&keys.live, &keys.control])).await?;
+    let mut connection = shared.connect().await?;
+    let newest: Option<u64> = with_timeout(
+        redis::cmd("GET")
+            .arg(&keys.seq)
+            .query_async(&mut connection),
+    )
+    .await?;
+    let newest = newest.unwrap_or(0);
+    match *cursor {
+        Some(last) if newest >= last => {
+            catch_up(keys, &mut connection, broker, last, newest).await?;
+        }
+        Some(last) => tracing::warn!(
+            last,
+            newest,
+            "Redis lost its log (restarted without persistence?): numbering starts anew"
+        ),
+        None => {}
+    }
+    *cursor = Some(newest);
+    shared.listening.store(true, Ordering::Relaxed);
+    let mut messages = pubsub.on_message();
+    loop {
+        let message = match tokio::time::timeout(PROBE_TIMEOUT, messages.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err(EngineError::Unavailable("pub/sub connection closed".into())),
+            Err(_) => return Err(EngineError::Unavailable("pub/sub probe overdue".into())),
+        };
+        if message.get_channel_name() != keys.live {
+            continue; // The probe: it only proves the connection delivers.
+        }
+        let Some(carried) = Carried::parse(message.get_payload_bytes()) else {
+            tracing::warn!("unreadable publish on the Redis channel; skipped");
+            continue;
+        };
+        let last = cursor.unwrap_or(0);
+        if carried.seq <= last {
+            continue;
+        }
+        if carried.seq > last + 1 {
+            catch_up(keys, &mut connection, broker, last, carried.seq - 1).await?;
+        }
+        deliver(broker, &carried);
+        *cursor = Some(carried.seq);
+    }
+}
+
+/// Fans out publishes `after + 1 ..= upto` from the log.
+async fn catch_up(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+    broker: &WeakBroker,
+    after: u64,
+    upto: u64,
+) -> Result<(), EngineError> {
+    let mut next = after;
+    while next < upto {
+        let entries: Vec<(String, Vec<Vec<u8>>)> = with_timeout(
+            redis::cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(format!("({next}-0"))
+                .arg(format!("{upto}-0"))
+                .arg("COUNT")
+                .arg(CATCH_UP_BATCH)
+                .query_async(connection),
+        )
+        .await?;
+        if entries.is_empty() {
+            tracing::warn!(
+                missed = upto - next,
+                "publishes trimmed from the Redis log before this node read them"
+            );
+            return Ok(());
+        }
+        for (id, fields) in entries {
+            let Some(carried) = Carried::from_log(&id, fields) else {
+                continue;
+            };
+            if carried.seq > next + 1 {
+                tracing::warn!(
+                    missed = carried.seq - next - 1,
+                    "publishes trimmed from the Redis log before this node read them"
+                );
+            }
+            next = carried.seq;
+            deliver(broker, &carried);
+        }
+    }
+    Ok(())
+}
+
+fn deliver(broker: &WeakBroker, carried: &Carried) {
+    if let Some(node) = broker.upgrade() {
+        node.deliver_from_engine(&Publish {
+            origin: &carried.origin,
+            channel: &carried.channel,
+            bytes: &carried.bytes,
+            publisher: Some(carried.publisher.as_str()).filter(|p| !p.is_empty()),
+        });
+    }
+}
+
+impl Carried {
+    /// `seq \n origin \n publisher \n channel \n message`, as the publish script sends it
+    /// (channel names and node ids hold no newline).
+    fn parse(payload: &[u8]) -> Option<Carried> {
+        let mut parts = payload.splitn(5, |&b| b == b'\n');
+        let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let text = |part: &[u8]| std::str::from_utf8(part).ok().map(str::to_string);
+        let origin = text(parts.next()?)?;
+        let publisher = text(parts.next()?)?;
+        let channel = text(parts.next()?)?;
+        let bytes = Bytes::copy_from_slice(parts.next()?);
+        Some(Carried {
+            seq,
+            origin,
+            publisher,
+            channel,
+            bytes,
+        })
+    }
+
+    /// A log entry: id `seq-0`, fields `o`, `c`, `p`, `b` in that order.
+    fn from_log(id: &str, fields: Vec<Vec<u8>>) -> Option<Carried> {
+        let seq = id.split('-').next()?.parse().ok()?;
+        let mut values = fields.into_iter().skip(1).step_by(2);
+        let mut text = || values.next().and_then(|v| String::from_utf8(v).ok());
+        let origin = text()?;
+        let channel = text()?;
+        let publisher = text()?;
+        let bytes = Bytes::from(text()?);
+        Some(Carried {
+            seq,
+            origin,
+            publisher,
+            channel,
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_carried_publish_reads_back_whole() {
+        let carried = Carried::parse(b"42\nn1\nabc\n/chat/a\n{\"data\":\"x\ny\"}").unwrap();
+        assert_eq!(carried.seq, 42);
+        assert_eq!(carried.origin, "n1");
+        assert_eq!(carried.publisher, "abc");
+        assert_eq!(carried.channel, "/chat/a");
+        assert_eq!(&carried.bytes[..], b"{\"data\":\"x\ny\"}");
+        assert!(Carried::parse(b"x\nn1\n\n/a\n{}").is_none());
+        assert!(Carried::parse(b"1\nn1\n/a").is_none());
+    }
+
+    #[test]
+    fn a_log_entry_reads_back_whole() {
+        let fields = ["o", "n2", "c", "/a/b", "p", "", "b", "{}"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let carried = Carried::from_log("7-0", fields).unwrap();
+        assert_eq!(
+            (
+                carried.seq,
+                carried.origin.as_str(),
+                carried.channel.as_str()
+            ),
+            (7, "n2", "/a/b")
+        );
+        assert!(carried.publisher.is_empty());
+    }
+}
