@@ -273,6 +273,49 @@ describe("real clients through HAProxy, three nodes", () => {
 });
 
 describe("sessions are cluster-wide", () => {
+    it("a connect held on one node is superseded (HTTP 500, BAYEUX.md 2.3) when the session connects on another; " +
+        "one delivery in all", async () => {
+        const cluster = await startCluster({name: "fence", args: ["--timeout", "4000"]});
+        const other = cluster.nodes.length - 1;
+        try {
+            // -> {status, messages} ([] for the superseded connect's empty body).
+            const post = (i, messages) => fetch(cluster.nodeUrl(i), {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify(messages),
+                signal: AbortSignal.timeout(8000)})
+                .then(async r => ({status: r.status, text: await r.text()}))
+                .then(({status, text}) => ({status, messages: text ? JSON.parse(text) : []}));
+            const {messages: [hs]} = await post(0, [{channel: "/meta/handshake", version: "1.0",
+                supportedConnectionTypes: ["long-polling"]}]);
+            const clientId = hs.clientId;
+            const channel = `/cluster/fence/${nonce("f")}`;
+            const {messages: [sub]} = await post(0, [{channel: "/meta/subscribe", clientId, subscription: channel}]);
+            assert.equal(sub.successful, true, JSON.stringify(sub));
+            const connect = {channel: "/meta/connect", clientId, connectionType: "long-polling"};
+            await post(0, [{...connect, advice: {timeout: 0}}]);
+            const startedAt = Date.now();
+            const first = post(0, [connect]); // held on n1
+            await sleep(300);
+            const second = post(other, [connect]); // the same session connects on another node
+            const firstReply = await first;
+            const supersededAfter = Date.now() - startedAt;
+            // Published while the second connect is held.
+            const r = await cluster.api("POST", "/api/publish", {channel, data: {n: 1}}, {node: 0});
+            assert.equal(r.status, 200, JSON.stringify(r));
+            const secondReply = await second;
+            const replies = {firstReply, secondReply};
+            assert.ok(supersededAfter < 3000, `the connect held on n1 was answered only after ${supersededAfter} ms`);
+            assert.equal(firstReply.status, 500, `the superseded connect: ${JSON.stringify(replies)}`);
+            assert.equal(secondReply.status, 200, JSON.stringify(replies));
+            const deliveries = [...firstReply.messages, ...secondReply.messages].filter(m => m.channel === channel);
+            assert.deepEqual(deliveries.map(m => m.data), [{n: 1}], JSON.stringify(replies));
+        } catch (err) {
+            process.stderr.write(cluster.output());
+            throw err;
+        } finally {
+            await cluster.stop();
+        }
+    });
+
     it("a raw session handshaken on one node connects, subscribes and publishes on the others", {skip: MULTI},
         async () => {
             const cluster = await startCluster({name: "raw", args: ["--timeout", "1000"]});

@@ -1,6 +1,6 @@
 // Failures of a three-node cluster on the Redis engine behind HAProxy (issue 15), each bounded in time and
 // stopping what it started:
-//  - SIGKILL of a node while subscribers' connects are held on it, and right after it sent a batch that the
+//  - SIGKILL of a node while subscribers' connects (long-polling) and sockets (WebSocket) are held on it, and right after it sent a batch that the
 //    client has not acknowledged yet (received, and lost on the way): CometD AckExtension subscribers see every
 //    acknowledged publish of a sequence-numbered publisher exactly once, in order;
 //  - clients without the ack extension re-handshake after 402::session_unknown (or simply continue) and keep
@@ -24,10 +24,10 @@ const REDIS = SELF_CHECK ? "self-check: no Redis" : false;
 // Fast retries after a failed request (CometD's default back-off grows by 1 s per failure).
 const FAST_RETRY = {backoffIncrement: 50, maxBackoff: 500};
 
-async function ackSubscribers(pool, url, channel, count, prefix = "ack") {
+async function ackSubscribers(pool, url, channel, count, prefix = "ack", {websocket = false} = {}) {
     const subs = [];
     for (let i = 0; i < count; ++i) {
-        const c = trackedCometD(pool, url, {name: `${prefix}${i}`, ack: true, config: FAST_RETRY});
+        const c = trackedCometD(pool, url, {name: `${prefix}${i}`, ack: true, websocket, config: FAST_RETRY});
         const inbox = new Inbox(c.name);
         await cometdHandshake(c);
         await cometdConnected(c);
@@ -62,6 +62,8 @@ describe("a node is SIGKILLed mid-traffic", () => {
             await scenario(cluster, async pool => {
                 const channel = `/cluster/kill/${nonce("h")}`;
                 const subs = await ackSubscribers(pool, cluster.url, channel, 6);
+                // WebSocket subscribers too: through HAProxy their sockets land on every node in turn.
+                subs.push(...await ackSubscribers(pool, cluster.url, channel, 3, "ack-ws", {websocket: true}));
                 // The publisher talks to n1 directly: it is never the node killed.
                 const pubClient = trackedCometD(pool, cluster.nodeUrl(0), {name: "pub"});
                 await cometdHandshake(pubClient);
