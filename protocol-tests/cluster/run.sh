@@ -4,7 +4,7 @@
 # WebSocket) and Faye clients through it; node kills, a Redis restart, a node cut from Redis with iptables.
 # Binary: $HALLEY_BIN or <repo>/target/release/halley. Works from any directory.
 # HALLEY_CLUSTER_ENGINE=memory: the self-check (one memory-engine node behind HAProxy; tests that need several
-# nodes or Redis skip loudly). Extra arguments go to `node --test` (e.g. a test file).
+# nodes or Redis skip loudly).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -33,8 +33,16 @@ if [ ! -d ../node/node_modules ] || [ ../node/package-lock.json -nt ../node/node
 fi
 ln -sfn ../node/node_modules node_modules
 
-files=("$@")
+# Arguments: test files (default test/*.test.mjs) and `node --test` options (e.g. --test-name-pattern=kill).
+files=()
+options=()
+for arg in "$@"; do
+    case "$arg" in
+        --*) options+=("$arg") ;;
+        *) files+=("$arg") ;;
+    esac
+done
 [ ${#files[@]} -gt 0 ] || files=(test/*.test.mjs)
 # Every wait in the tests is bounded; --test-timeout is the backstop for one hung test, `timeout` for the run.
 exec timeout --kill-after=10 420 \
-    node --test --test-concurrency=1 --test-timeout=90000 --test-force-exit "${files[@]}"
+    node --test --test-concurrency=1 --test-timeout=90000 --test-force-exit ${options[@]+"${options[@]}"} "${files[@]}"

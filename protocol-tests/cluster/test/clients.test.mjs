@@ -316,6 +316,40 @@ describe("sessions are cluster-wide", () => {
         }
     });
 
+    it("the session limit and session expiry hold cluster-wide", async () => {
+        const cluster = await startCluster({name: "limit",
+            args: ["--timeout", "1000", "--max-sessions", "4", "--max-interval", "1500", "--sweep-interval", "200"]});
+        const handshake = i => fetch(cluster.nodeUrl(i), {method: "POST", headers: {"Content-Type": "application/json"},
+            body: JSON.stringify([{channel: "/meta/handshake", version: "1.0", supportedConnectionTypes: ["long-polling"]}]),
+            signal: AbortSignal.timeout(5000)}).then(r => r.json()).then(([m]) => m);
+        try {
+            // Four sessions spread over the nodes fill the cluster's limit; a fifth is refused on every node.
+            const accepted = [];
+            for (let i = 0; i < 4; ++i) accepted.push(await handshake(i % cluster.nodes.length));
+            assert.deepEqual(accepted.map(m => m.successful), [true, true, true, true], JSON.stringify(accepted));
+            for (let i = 0; i < cluster.nodes.length; ++i) {
+                const refused = await handshake(i);
+                assert.equal(refused.successful, false, `n${i + 1} accepted a fifth session: ${JSON.stringify(refused)}`);
+            }
+            // Nobody connects: the sessions expire cluster-wide, a connect on another node is told 402, and the
+            // limit has room again.
+            await sleep(1500 + 1500);
+            const [connect] = await fetch(cluster.nodeUrl(cluster.nodes.length - 1), {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify([{channel: "/meta/connect",
+                    clientId: accepted[0].clientId, connectionType: "long-polling"}]),
+                signal: AbortSignal.timeout(5000)}).then(r => r.json());
+            assert.equal(connect.successful, false, JSON.stringify(connect));
+            assert.match(connect.error ?? "", /^402:/);
+            const again = await handshake(1 % cluster.nodes.length);
+            assert.equal(again.successful, true, `no room after expiry: ${JSON.stringify(again)}`);
+        } catch (err) {
+            process.stderr.write(cluster.output());
+            throw err;
+        } finally {
+            await cluster.stop();
+        }
+    });
+
     it("a raw session handshaken on one node connects, subscribes and publishes on the others", {skip: MULTI},
         async () => {
             const cluster = await startCluster({name: "raw", args: ["--timeout", "1000"]});

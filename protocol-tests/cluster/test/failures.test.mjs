@@ -8,6 +8,8 @@
 //  - Redis restarted mid-run (append-only file): publishes during the outage fail visibly (never acknowledged
 //    and dropped), the publisher retries, subscribers see every acknowledged publish; /ready and /api/publish
 //    answer 503 meanwhile;
+//  - the nodes' pub/sub connections dropped by Redis (CLIENT KILL TYPE pubsub): every node resubscribes and no
+//    acknowledged publish is lost for any node's subscribers;
 //  - one node cut from Redis by iptables (its packets to Redis dropped): /ready turns 503 on it, and no
 //    subscriber gets a message twice when it comes back.
 // Each test reports its figures (published, delivered, lost, duplicated) as a diagnostic.
@@ -230,6 +232,39 @@ describe("Redis goes away", () => {
                         `no publish was answered 503::server_unavailable: ${JSON.stringify(publisher.failureReplies.slice(0, 3))}`);
                     assert.deepEqual(probes.ready, cluster.nodes.map(() => 503), "/ready while Redis is down");
                     assert.deepEqual(probes.api, cluster.nodes.map(() => 503), "/api/publish while Redis is down");
+                    assertExactlyOnce(result);
+                });
+            });
+        });
+
+    it("the nodes' pub/sub connections are dropped (CLIENT KILL TYPE pubsub): they resubscribe, nothing is lost",
+        {skip: REDIS}, async t => {
+            await withCluster({name: "pubsub-kill", args: ["--timeout", "3000"]}, async cluster => {
+                await scenario(cluster, async pool => {
+                    const channel = `/cluster/pubsub/${nonce("k")}`;
+                    // Subscribers pinned to every node, so that each node's pub/sub connection matters.
+                    const subs = [];
+                    for (let i = 0; i < cluster.nodes.length; ++i) {
+                        subs.push(...await ackSubscribers(pool, cluster.nodeUrl(i), channel, 1, `ack-n${i + 1}-`));
+                    }
+                    const pubClient = trackedCometD(pool, cluster.nodeUrl(0), {name: "pub", config: FAST_RETRY});
+                    await cometdHandshake(pubClient);
+                    const publisher = sequencePublisher(pubClient, channel, {pub: "pub", pauseMs: 10, ms: 3000});
+                    const killed = [];
+                    for (let round = 0; round < 2; ++round) {
+                        await sleep(700);
+                        const out = await cluster.redis.cli("CLIENT", "KILL", "TYPE", "pubsub");
+                        killed.push(Number(out.trim()));
+                    }
+                    const ackedAtLastKill = publisher.acked.size;
+                    await waitUntil(() => publisher.acked.size >= ackedAtLastKill + 100, 20000,
+                        "100 acknowledged publishes after the last kill");
+                    await publisher.stop();
+                    t.diagnostic(`pub/sub connections killed per round: ${killed.join(", ")}`);
+                    // Every node resubscribed: the messages published after the kills reach every node's subscriber.
+                    for (const {inbox} of subs) await waitForSequence(inbox, "pub", publisher.acked, 20000);
+                    const result = figures(t, "pub/sub connections dropped", {pub: "pub", ...publisher}, subs);
+                    assert.ok(killed.every(n => n >= 1), `no pub/sub connection to kill: ${killed}`);
                     assertExactlyOnce(result);
                 });
             });
