@@ -239,14 +239,31 @@ describe("real clients through HAProxy, three nodes", () => {
                 await cometdConnected(c);
                 clients.push(c);
             }
+            const channel = `/cluster/stats/${nonce("s")}`;
             for (let i = 0; i < cluster.nodes.length; ++i) {
-                const r = await cluster.api("GET", "/api/stats", undefined, {node: i});
+                const r = await cluster.api("POST", "/api/publish", {channel, data: {i}}, {node: i});
                 assert.equal(r.status, 200, JSON.stringify(r));
-                assert.ok(Array.isArray(r.body.nodes), `no "nodes" list in ${JSON.stringify(r.body)}`);
-                const ids = r.body.nodes.map(n => n.id ?? n.node ?? n.node_id).sort();
-                assert.deepEqual(ids, ["n1", "n2", "n3"], JSON.stringify(r.body));
-                assert.ok(r.body.sessions >= clients.length,
-                    `sessions ${r.body.sessions} < ${clients.length} clients (asked n${i + 1})`);
+            }
+            const sum = (body, key) => body.nodes.reduce((n, node) => n + (node[key] ?? 0), 0);
+            for (let i = 0; i < cluster.nodes.length; ++i) {
+                // Each node's figures may reach the others a moment later: poll (bounded) until they add up.
+                let last;
+                await waitUntil(async () => {
+                    last = await cluster.api("GET", "/api/stats", undefined, {node: i});
+                    const b = last.body;
+                    return last.status === 200 && Array.isArray(b.nodes) && b.nodes.length === cluster.nodes.length &&
+                        b.sessions === sum(b, "sessions") && b.published === sum(b, "published") &&
+                        b.sessions >= clients.length && b.published >= cluster.nodes.length;
+                }, 5000, `n${i + 1}'s /api/stats to list every node and sum them`).catch(err => {
+                    err.message += `: ${JSON.stringify(last)}`;
+                    throw err;
+                });
+                const ids = last.body.nodes.map(n => n.id).sort();
+                assert.deepEqual(ids, ["n1", "n2", "n3"], JSON.stringify(last.body));
+                for (const node of last.body.nodes) {
+                    assert.ok(node.sessions >= 1, `${node.id} has its client's session: ${JSON.stringify(last.body)}`);
+                    assert.ok(node.published >= 1, `${node.id} counted its publish: ${JSON.stringify(last.body)}`);
+                }
             }
         });
     });
