@@ -22,11 +22,11 @@
 // phrase (`HTTP/1.1 200 n2`), which is the only part of a response the CometD Node client lets a test see
 // (XMLHttpRequest.statusText; see trackNodes() in clients.mjs).
 import {execFile, execFileSync, spawn} from "node:child_process";
-import {existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync} from "node:fs";
+import {chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync} from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import {startBroker} from "../node/broker.mjs";
+import {HALLEY_BIN, startBroker} from "../node/broker.mjs";
 
 export const HAPROXY_BIN = process.env.HAPROXY_BIN || "/usr/sbin/haproxy";
 export const REDIS_BIN = process.env.REDIS_BIN || "redis-server";
@@ -270,7 +270,15 @@ export async function startCluster({name, nodes = 3, args = [], appendonly = fal
         for (let i = 0; i < count; ++i) {
             const engine = !started.redis ? [] : ["--engine", started.redis.url, "--node-id", `n${i + 1}`,
                 "--redis-prefix", prefix];
-            const spawnOptions = nobody && i === isolatedNode ? {uid: nobody.uid, gid: nobody.gid} : {};
+            // The isolated node runs a copy of the binary in the (world-readable) temp dir: the checkout may sit
+            // where user nobody cannot reach.
+            let spawnOptions = {};
+            if (nobody && i === isolatedNode) {
+                const bin = path.join(dir, "halley");
+                copyFileSync(HALLEY_BIN, bin);
+                chmodSync(bin, 0o755);
+                spawnOptions = {uid: nobody.uid, gid: nobody.gid, bin, cwd: dir};
+            }
             started.nodes.push(await startBroker(["--api-key", API_KEY, ...engine, ...args], spawnOptions));
         }
         started.haproxy = await startHaproxy(dir, started.nodes.map(n => n.port));

@@ -1,7 +1,8 @@
 // Spawns the Halley broker binary for black-box tests.
 //
 // startBroker(extraArgs, spawnOptions) -> {url, port, pid, output(), stop(), kill(), restart()}
-//   - spawnOptions: extra child_process.spawn options (the cluster harness runs a node under another uid)
+//   - spawnOptions: extra child_process.spawn options (the cluster harness runs a node under another uid), and
+//     `bin`: another copy of the binary to run (one that uid can reach)
 //   - binary: $HALLEY_BIN or <repo>/target/release/halley
 //   - always listens on 127.0.0.1 (port 0 on the first start, the same port on restart)
 //   - waits (bounded) for the "listening on http://..." line on stdout
@@ -35,8 +36,9 @@ function spawnOnce(listen, extraArgs, log, spawnOptions = {}) {
     }
     return new Promise((resolve, reject) => {
         const args = ["--listen", listen, ...extraArgs];
-        log.push(`--- spawn ${HALLEY_BIN} ${args.join(" ")}\n`);
-        const child = spawn(HALLEY_BIN, args, {...spawnOptions, stdio: ["ignore", "pipe", "pipe"]});
+        log.push(`--- spawn ${spawnOptions.bin || HALLEY_BIN} ${args.join(" ")}\n`);
+        const {bin = HALLEY_BIN, ...options} = spawnOptions;
+        const child = spawn(bin, args, {...options, stdio: ["ignore", "pipe", "pipe"]});
         live.add(child);
         let stdout = "";
         let settled = false;
