@@ -39,7 +39,9 @@ pub(super) enum Ending {
 impl Ending {
     fn after(removal: Option<Removal>) -> Ending {
         match removal {
-            None => Ending::Open,
+            // The held connect of a session that moved to another node: answered empty,
+            // so the client's next connect reaches the node that serves it now.
+            None | Some(Removal::Moved) => Ending::Open,
             Some(Removal::Disconnected | Removal::Kicked) => Ending::Stop,
             Some(Removal::Expired | Removal::Overflow | Removal::TokenExpired) => Ending::Gone,
         }
@@ -186,6 +188,14 @@ impl Broker {
         transport: Transport,
     ) -> Result<bool, Bytes> {
         let metrics = &self.shared.metrics;
+        if state.removed == Some(Removal::Moved) {
+            // Moved to another node while this request was on its way: the client's next
+            // connect finds it there.
+            let mut reply = Reply::to(message);
+            let config = &self.shared.config;
+            reply.advice = Some(Advice::retry(config.interval, config.timeout));
+            return Err(reply.encode());
+        }
         if let Some(removal) = state.removed {
             metrics.connect(MetricOutcome::UnknownClient);
             let mut reply = Reply::failed(message, removal.error());

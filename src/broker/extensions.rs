@@ -34,6 +34,29 @@ impl AckState {
         }
     }
 
+    /// The state to hand to another node: the next batch number and the unacknowledged
+    /// deliveries with their batches.
+    pub fn export(&self) -> (u64, Vec<(u64, String)>) {
+        let unacked = self
+            .unacked
+            .iter()
+            .map(|(b, m)| (*b, String::from_utf8_lossy(m).into_owned()))
+            .collect();
+        (self.next_batch, unacked)
+    }
+
+    /// The state another node handed over.
+    pub fn import((next_batch, unacked): (u64, Vec<(u64, String)>)) -> Self {
+        AckState {
+            next_batch,
+            closing: 0,
+            unacked: unacked
+                .into_iter()
+                .map(|(b, m)| (b, Bytes::from(m)))
+                .collect(),
+        }
+    }
+
     /// Forgets every delivery of a batch up to `batch`, which the client received.
     pub fn acknowledge(&mut self, batch: u64) {
         while self.unacked.front().is_some_and(|(b, _)| *b <= batch) {

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::extensions::{self, AckState};
 use super::session::{Identity, Session, SessionState};
 use super::{
-    Broker, HandshakeRequest, HandshakeVerdict, ReplyBatch, RequestContext, SessionEvent, read,
-    write,
+    Broker, HandshakeRequest, HandshakeVerdict, Removal, ReplyBatch, RequestContext, SessionEvent,
+    read, write,
 };
 use crate::metrics::{Outcome, Refusal};
 use crate::protocol::{Advice, BAYEUX_VERSION, BayeuxError, Message, Reply};
@@ -21,7 +21,14 @@ impl Broker {
     /// handshake rate limit (a token bucket refilled at `max_handshakes_per_second`).
     fn over_capacity(&self) -> Option<Refusal> {
         let config = &self.shared.config;
-        if read(&self.shared.sessions).len() >= config.max_sessions {
+        // On a cluster the limit holds for all nodes together, as of their last heartbeats.
+        let local = read(&self.shared.sessions).len();
+        let sessions = self
+            .shared
+            .engine
+            .cluster_sessions()
+            .map_or(local, |c| c.max(local));
+        if sessions >= config.max_sessions {
             return Some(Refusal::Sessions);
         }
         let rate = f64::from(config.max_handshakes_per_second);
@@ -43,7 +50,7 @@ impl Broker {
         None
     }
 
-    pub(super) fn handshake(&self, message: &Message, ctx: &RequestContext) -> ReplyBatch {
+    pub(super) async fn handshake(&self, message: &Message, ctx: &RequestContext) -> ReplyBatch {
         let config = &self.shared.config;
         let mut reply = Reply::to(message);
         let metrics = &self.shared.metrics;
@@ -109,6 +116,18 @@ impl Broker {
                 }
             },
         );
+        // Other nodes must know the session before the client can reach them with it.
+        if let Err(error) = self.shared.engine.create_session(&session.client_id).await {
+            tracing::warn!(%error, "handshake refused: the engine cannot record the session");
+            self.remove_session(&session, Removal::Disconnected);
+            metrics.handshake(Outcome::Busy);
+            reply.fail(BayeuxError::ServerUnavailable);
+            reply.advice = Some(Advice {
+                interval: Some(config.busy_interval),
+                ..Advice::HANDSHAKE
+            });
+            return ReplyBatch::single(reply.encode());
+        }
         metrics.handshake(Outcome::Ok);
         reply.client_id = Some(&session.client_id);
         reply.version = Some(BAYEUX_VERSION);

@@ -218,7 +218,7 @@ impl Broker {
 
     /// The rest of a removal: out of the sessions map and the subscription tree, then the
     /// `Closed` event.
-    fn forget_session(
+    pub(super) fn forget_session(
         &self,
         session: &Arc<Session>,
         subscriptions: &HashSet<Box<str>>,
@@ -243,6 +243,10 @@ impl Broker {
             }
         }
         tracing::debug!(client_id = %session.client_id, reason = ?why, "session removed");
+        if why == Removal::Moved {
+            return;
+        }
+        self.shared.engine.end_session(&session.client_id);
         self.emit(SessionEvent::Closed {
             client_id: &session.client_id,
             reason: why,

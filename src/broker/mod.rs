@@ -20,6 +20,7 @@
 
 mod batch;
 mod browser;
+mod cluster;
 mod coalescing;
 mod connect;
 mod extensions;
@@ -53,7 +54,7 @@ pub use tree::{Change, Matches, SubscriberKey, SubscriptionTree};
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
 use crate::metrics::Metrics;
-use crate::protocol::{BayeuxError, Message, Reply, epoch_ms};
+use crate::protocol::{self, BayeuxError, Message, Reply, epoch_ms};
 pub(crate) use connect::{PushConnect, PushWake};
 use session::Session;
 
@@ -142,6 +143,8 @@ pub enum Removal {
     Overflow,
     /// The security policy bound it to an expiry (a JWT's) that passed unrefreshed.
     TokenExpired,
+    /// Another node of the cluster serves it now: not an end, so no `Closed` event.
+    Moved,
 }
 
 /// Something that happened to a session, for listeners registered with
@@ -367,7 +370,9 @@ impl Broker {
     /// Processes one request's batch. Completes at once unless the batch carries a
     /// `/meta/connect` that is held, or whose reply waits out the delivery interval.
     pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
-        let (session, deleted) = match self.prepare(&mut batch, ctx) {
+        // Boxed: a held connect's future must not carry the claim's or the handshake's
+        // state, which is over before the connect is held.
+        let (session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
             Ok(prepared) => prepared,
             Err(handshake) => return Outcome::Reply(handshake),
         };
@@ -387,7 +392,7 @@ impl Broker {
         mut batch: Vec<Message>,
         ctx: &RequestContext,
     ) -> (Option<ReplyBatch>, Option<PushConnect>) {
-        let (session, deleted) = match self.prepare(&mut batch, ctx) {
+        let (session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
             Ok(prepared) => prepared,
             Err(handshake) => return (Some(handshake), None),
         };
@@ -404,9 +409,10 @@ impl Broker {
     }
 
     /// What every batch goes through first: receipt times for timesync, the handshake
-    /// (answered here: `Err`), the batch's session and the incoming hooks (which messages
-    /// they deleted).
-    fn prepare(
+    /// (answered here: `Err`), the batch's session (claimed from another node of the
+    /// cluster if need be; `Err` when the engine cannot say) and the incoming hooks (which
+    /// messages they deleted).
+    async fn prepare(
         &self,
         batch: &mut Vec<Message>,
         ctx: &RequestContext,
@@ -428,12 +434,18 @@ impl Broker {
                     Reply::failed(&handshake[0], BayeuxError::MessageDeleted).encode(),
                 ));
             }
-            return Err(self.handshake(&handshake[0], ctx));
+            return Err(self.handshake(&handshake[0], ctx).await);
         }
-        let session = batch
-            .first()
-            .and_then(|m| m.client_id.as_deref())
-            .and_then(|id| self.find_session(id, ctx));
+        let session = match batch.first().and_then(|m| m.client_id.as_deref()) {
+            Some(id) => match self.find_or_claim(id).await {
+                Ok(session) => session.filter(|s| self.cookie_matches(s, ctx)),
+                Err(error) => {
+                    tracing::warn!(%error, client_id = id, "session not claimable now");
+                    return Err(self.unavailable(batch));
+                }
+            },
+            None => None,
+        };
         // A session whose token expired ends before it acts again; a lone connect is told
         // why (`open_connect`), anything else finds no session.
         // Unbound sessions (`u64::MAX`) skip the clock read.
@@ -477,14 +489,34 @@ impl Broker {
         self.shared.epoch.elapsed().as_micros() as u64
     }
 
-    fn find_session(&self, client_id: &str, ctx: &RequestContext) -> Option<Arc<Session>> {
-        let session = read(&self.shared.sessions).get(client_id).cloned()?;
-        if self.shared.config.strict_cookie_binding
-            && session.browser_id.as_deref() != ctx.browser_id.as_deref()
-        {
-            return None;
+    /// Whether the request may act for `session`: with strict cookie binding, only from
+    /// the browser it was created in.
+    fn cookie_matches(&self, session: &Session, ctx: &RequestContext) -> bool {
+        !self.shared.config.strict_cookie_binding
+            || session.browser_id.as_deref() == ctx.browser_id.as_deref()
+    }
+
+    /// Every message of `batch` answered `503::server_unavailable`, a connect with
+    /// `retry` advice: the engine cannot reach the cluster now, and the client comes back.
+    fn unavailable(&self, batch: &[Message]) -> ReplyBatch {
+        let config = &self.shared.config;
+        let messages = batch
+            .iter()
+            .map(|message| {
+                let mut reply = Reply::failed(message, BayeuxError::ServerUnavailable);
+                if message.channel.as_deref() == Some(CONNECT) {
+                    reply.advice = Some(protocol::Advice::retry(
+                        config.busy_interval,
+                        config.timeout,
+                    ));
+                }
+                reply.encode()
+            })
+            .collect();
+        ReplyBatch {
+            messages,
+            handshake_succeeded: false,
         }
-        Some(session)
     }
 }
 

@@ -69,6 +69,49 @@ pub struct Publish<'a> {
     pub publisher: Option<&'a str>,
 }
 
+/// What became of a node's claim on a session that another node served last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The cluster has no such session: the client must handshake.
+    Unknown,
+    /// The session now lives on this node (its state came with it).
+    TakenOver,
+    /// The node that served it is gone, and its state with it: the session is ended
+    /// cluster-wide and the client must handshake.
+    Lost,
+    /// Another claim on it is under way: ask again shortly.
+    Busy,
+}
+
+/// A session's state, moving from the node that served it to the one that serves it
+/// now. What was queued for it comes along; what was published since follows from the
+/// engine's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionHandover {
+    /// Its clientId.
+    pub client_id: String,
+    /// The `BAYEUX_BROWSER` id it was created under.
+    pub browser_id: Option<String>,
+    /// Who the security policy authenticated.
+    pub identity: Option<String>,
+    /// How long its token has left, in ms; `None` for never.
+    pub expires_in: Option<u64>,
+    /// Deliveries ride only on connect replies.
+    pub connect_only: bool,
+    /// Its first connect was answered.
+    pub connected: bool,
+    /// Its broadcast subscriptions.
+    pub subscriptions: Vec<String>,
+    /// Deliveries queued for it, oldest first (serialized JSON objects).
+    pub queue: Vec<String>,
+    /// The ack extension's state, if it negotiated it: the next batch number and the
+    /// unacknowledged deliveries with their batches.
+    pub ack: Option<(u64, Vec<(u64, String)>)>,
+    /// The number of the last publish the handing node had fanned out (set by the
+    /// engine): the receiving node adds what followed.
+    pub cursor: u64,
+}
+
 /// A change in a node's interest in a channel pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
@@ -108,6 +151,35 @@ pub trait Engine: Send + Sync + 'static {
     /// [`crate::Broker::deliver_from_engine`]), and the confirmation says whether it was
     /// accepted.
     fn publish(&self, publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError>;
+
+    /// Whether sessions live in the engine, so any node serves any session's requests
+    /// (no sticky load balancing). The session methods below matter only then.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Records a new session, served by this node, before its handshake is answered.
+    fn create_session(&self, _client_id: &str) -> EngineFuture<'_, Result<(), EngineError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Makes this node the one that serves `client_id`, moving its state here from the
+    /// node that served it ([`crate::Broker::hand_over`] there,
+    /// [`crate::Broker::take_over`] here).
+    fn claim_session<'a>(
+        &'a self,
+        _client_id: &'a str,
+    ) -> EngineFuture<'a, Result<Claim, EngineError>> {
+        Box::pin(std::future::ready(Ok(Claim::Unknown)))
+    }
+
+    /// Forgets a session that ended on this node. Does not wait.
+    fn end_session(&self, _client_id: &str) {}
+
+    /// Live sessions in the whole cluster, as last heard (for the session limit).
+    fn cluster_sessions(&self) -> Option<usize> {
+        None
+    }
 
     /// Whether every publish comes back to the node it was accepted on, which then fans
     /// it out only when it does ([`Engine::publish`] answers with a confirmation).

@@ -17,13 +17,27 @@
 //! publish is refused at once or fails when its round trip times out: it is answered
 //! unsuccessfully, never acknowledged and dropped.
 //!
+//! Sessions live in Redis too, so any node serves any request (no sticky load
+//! balancing). A session's record says which node serves it; a node that gets a request
+//! for a session it does not serve claims it (`CLAIM_SCRIPT`: one claim at a time per
+//! session, under a short lock). The node that served it hands its state over on its
+//! control channel, from its listening task, so the state carries the number of the last
+//! publish that node fanned out; the claiming node, also in its listening task, adds what
+//! it fanned out since from a ring of recent publishes. Both steps sit in the two nodes'
+//! ordered streams of publishes, so a publish reaches the session exactly once. A session
+//! whose node is dead (its heartbeat expired), or did not answer in time, is lost: it is
+//! ended and its client told `402::session_unknown`, and handshakes again.
+//!
 //! Keys (all under the configured prefix; `{bus}` is a hash tag, so a Redis Cluster keeps
 //! the publish script's keys in one slot): `{bus}:seq`, `{bus}:log`, the pub/sub channel
 //! `{bus}:live`, each node's control channel `{bus}:ctl:<node>` and heartbeat key
 //! `{bus}:node:<node>` (expiring five seconds after the node's last beat), and the set
-//! of nodes `{bus}:nodes`.
+//! of nodes `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
+//! `{s:<clientId>}:claim` (the claim lock), expiring unless the serving node refreshes
+//! them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,7 +46,10 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish};
+use super::{
+    Claim, Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish,
+    SessionHandover,
+};
 use crate::broker::WeakBroker;
 use crate::config::ConfigError;
 
@@ -55,6 +72,45 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// Log entries read per `XRANGE` while catching up.
 const CATCH_UP_BATCH: usize = 1_000;
+/// Recent publishes a node remembers, to complete the state of a session handed to it.
+const RING: usize = 8_192;
+/// How long a claiming node waits for the session's state; then the session is lost.
+const HANDOVER_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// How long a claim holds its session's lock at most (a claimer that dies holds it no
+/// longer than this).
+const CLAIM_LOCK_MS: u64 = 3_000;
+/// Session records refreshed per script call.
+const REFRESH_BATCH: usize = 500;
+
+/// Records a session served by this node. KEYS: session. ARGV: node, time to live (ms).
+const CREATE_SCRIPT: &str = r#"
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
+/// live (ms), heartbeat key prefix, control channel prefix, lock time (ms), clientId.
+/// Returns `unknown`, `busy`, `moving` (the serving node was asked for the state) or
+/// `lost` (no live node serves it).
+const CLAIM_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then return 'busy' end
+local previous = redis.call('HGET', KEYS[1], 'owner')
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
+  redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1])
+  return 'moving'
+end
+return 'lost'
+"#;
+
+/// Keeps session records alive. KEYS: sessions. ARGV: time to live (ms).
+const REFRESH_SCRIPT: &str = r#"
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
+return #KEYS
+"#;
 
 /// Numbers a publish, logs it and announces it. KEYS: seq, log, live channel. ARGV:
 /// origin, channel, publisher ("" for none), message, log length.
@@ -106,6 +162,10 @@ struct Shared {
     listening: AtomicBool,
     /// The last heartbeat's round trip succeeded.
     beating: AtomicBool,
+    /// Claims of this node waiting for a session's state: whether it arrived.
+    waiting: Mutex<HashMap<Box<str>, oneshot::Sender<bool>>>,
+    /// Live sessions in the cluster as of the last heartbeat; `usize::MAX` before.
+    cluster_sessions: AtomicUsize,
 }
 
 /// The keys of the whole cluster and of this node.
@@ -118,6 +178,21 @@ struct NodeKeys {
     node_prefix: String,
     heartbeat: String,
     control: String,
+    control_prefix: String,
+    /// What session keys start with: `<prefix>{s:`.
+    session_prefix: String,
+    /// How long a session record lives unrefreshed, ms.
+    session_ttl: u64,
+}
+
+impl NodeKeys {
+    fn session(&self, client_id: &str) -> String {
+        format!("{}{client_id}}}", self.session_prefix)
+    }
+
+    fn claim(&self, client_id: &str) -> String {
+        format!("{}{client_id}}}:claim", self.session_prefix)
+    }
 }
 
 /// A publish on its way to Redis, with whoever waits for its outcome.
@@ -164,6 +239,8 @@ impl RedisEngine {
                 outgoing_rx: Mutex::new(Some(outgoing_rx)),
                 listening: AtomicBool::new(false),
                 beating: AtomicBool::new(false),
+                waiting: Mutex::new(HashMap::new()),
+                cluster_sessions: AtomicUsize::new(usize::MAX),
             }),
         })
     }
@@ -178,6 +255,9 @@ impl Engine for RedisEngine {
         let Some(node) = broker.upgrade() else { return };
         let bus = format!("{}{{bus}}", self.shared.prefix);
         let id = node.node_id();
+        let config = node.config();
+        // Refreshed every third of it, and never shorter than a session may be silent.
+        let session_ttl = (config.interval + config.max_interval).max(10_000) + NODE_TTL_MS;
         let keys = NodeKeys {
             id: id.into(),
             seq: format!("{bus}:seq"),
@@ -187,6 +267,9 @@ impl Engine for RedisEngine {
             node_prefix: format!("{bus}:node:"),
             heartbeat: format!("{bus}:node:{id}"),
             control: format!("{bus}:ctl:{id}"),
+            control_prefix: format!("{bus}:ctl:"),
+            session_prefix: format!("{}{{s:", self.shared.prefix),
+            session_ttl,
         };
         if self.shared.node.set(keys).is_err() {
             tracing::error!("the Redis engine serves one broker; attached twice");
@@ -238,6 +321,54 @@ impl Engine for RedisEngine {
         true
     }
 
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn create_session(&self, client_id: &str) -> EngineFuture<'_, Result<(), EngineError>> {
+        let client_id = client_id.to_string();
+        Box::pin(async move {
+            let keys = self.shared.keys()?;
+            let mut connection = self.shared.connection()?;
+            with_timeout(
+                redis::cmd("EVAL")
+                    .arg(CREATE_SCRIPT)
+                    .arg(1)
+                    .arg(keys.session(&client_id))
+                    .arg(&*keys.id)
+                    .arg(keys.session_ttl)
+                    .query_async::<()>(&mut connection),
+            )
+            .await
+        })
+    }
+
+    fn claim_session<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> EngineFuture<'a, Result<Claim, EngineError>> {
+        Box::pin(self.shared.claim(client_id))
+    }
+
+    fn end_session(&self, client_id: &str) {
+        let (Ok(keys), Ok(mut connection)) = (self.shared.keys(), self.shared.connection()) else {
+            return;
+        };
+        let session = keys.session(client_id);
+        tokio::spawn(async move {
+            let mut delete = redis::cmd("DEL");
+            delete.arg(&session);
+            if let Err(error) = with_timeout(delete.query_async::<()>(&mut connection)).await {
+                tracing::debug!(%error, %session, "session record left to expire");
+            }
+        });
+    }
+
+    fn cluster_sessions(&self) -> Option<usize> {
+        let sessions = self.shared.cluster_sessions.load(Ordering::Relaxed);
+        (sessions != usize::MAX).then_some(sessions)
+    }
+
     fn is_ready(&self) -> bool {
         self.shared.listening.load(Ordering::Relaxed) && self.shared.beating.load(Ordering::Relaxed)
     }
@@ -282,6 +413,70 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| EngineError::Unavailable("Redis not reached yet".into()))
+    }
+
+    /// Claims session `client_id` for this node (see the module's doc).
+    async fn claim(&self, client_id: &str) -> Result<Claim, EngineError> {
+        let keys = self.keys()?;
+        let mut connection = self.connection()?;
+        // Waiting before asking: the state may arrive before the script's answer does.
+        let (arrived, state) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.into(), arrived);
+        let session = keys.session(client_id);
+        let claim = keys.claim(client_id);
+        let answer: Result<String, EngineError> = with_timeout(
+            redis::cmd("EVAL")
+                .arg(CLAIM_SCRIPT)
+                .arg(2)
+                .arg(&session)
+                .arg(&claim)
+                .arg(&*keys.id)
+                .arg(keys.session_ttl)
+                .arg(&keys.node_prefix)
+                .arg(&keys.control_prefix)
+                .arg(CLAIM_LOCK_MS)
+                .arg(client_id)
+                .query_async(&mut connection),
+        )
+        .await;
+        let outcome = match answer.as_deref() {
+            Ok("moving") => match tokio::time::timeout(HANDOVER_TIMEOUT, state).await {
+                Ok(Ok(true)) => Ok(Claim::TakenOver),
+                _ => Ok(Claim::Lost),
+            },
+            Ok("unknown") => Ok(Claim::Unknown),
+            Ok("busy") => Ok(Claim::Busy),
+            Ok(_) => Ok(Claim::Lost),
+            Err(error) => Err(error.clone()),
+        };
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+        match outcome {
+            Ok(Claim::Lost) => {
+                let _ = with_timeout(
+                    redis::cmd("DEL")
+                        .arg(&session)
+                        .arg(&claim)
+                        .query_async::<()>(&mut connection),
+                )
+                .await;
+            }
+            Ok(Claim::TakenOver) => {
+                let _ = with_timeout(
+                    redis::cmd("DEL")
+                        .arg(&claim)
+                        .query_async::<()>(&mut connection),
+                )
+                .await;
+            }
+            _ => {}
+        }
+        outcome
     }
 
     /// Makes the command connection if there is none yet.
@@ -357,8 +552,10 @@ async fn send_publishes(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoi
 async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
     let mut ticker = tokio::time::interval(HEARTBEAT);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
     loop {
         ticker.tick().await;
+        beats += 1;
         let Some(node) = broker.upgrade() else { return };
         let stats = node.stats();
         drop(node);
@@ -389,6 +586,10 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
             .await
         }
         .await;
+        let result = match result {
+            Ok(()) => refresh(&shared, &broker, &mut beats).await,
+            failed => failed,
+        };
         let was = shared.beating.swap(result.is_ok(), Ordering::Relaxed);
         match result {
             Err(error) if was => {
@@ -400,13 +601,53 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
     }
 }
 
+/// What a heartbeat does besides beating: the cluster's session count, and every third
+/// of a session's time to live, the refresh of this node's session records.
+async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Result<(), EngineError> {
+    let keys = shared.keys()?;
+    let mut connection = shared.connect().await?;
+    let figures: Vec<String> = with_timeout(
+        redis::cmd("EVAL")
+            .arg(NODES_SCRIPT)
+            .arg(1)
+            .arg(&keys.nodes)
+            .arg(&keys.node_prefix)
+            .query_async(&mut connection),
+    )
+    .await?;
+    let sessions = figures
+        .iter()
+        .filter_map(|f| serde_json::from_str::<NodeStats>(f).ok())
+        .map(|n| n.sessions)
+        .sum();
+    shared.cluster_sessions.store(sessions, Ordering::Relaxed);
+    let every = (keys.session_ttl / 3 / HEARTBEAT.as_millis() as u64).max(1);
+    if !beats.is_multiple_of(every) {
+        return Ok(());
+    }
+    let Some(ids) = broker.upgrade().map(|node| node.session_ids()) else {
+        return Ok(());
+    };
+    for chunk in ids.chunks(REFRESH_BATCH) {
+        let mut script = redis::cmd("EVAL");
+        script.arg(REFRESH_SCRIPT).arg(chunk.len());
+        for id in chunk {
+            script.arg(keys.session(id));
+        }
+        script.arg(keys.session_ttl);
+        with_timeout(script.query_async::<()>(&mut connection)).await?;
+    }
+    Ok(())
+}
+
 /// Listens to the cluster's publishes for as long as the broker lives, reconnecting
 /// whenever the pub/sub connection fails or its probe is late.
 async fn listen(shared: Arc<Shared>, broker: WeakBroker) {
     // The number of the last publish fanned out; `None` before the first connection.
     let mut cursor: Option<u64> = None;
+    let mut ring = VecDeque::with_capacity(RING);
     loop {
-        if let Err(error) = listen_once(&shared, &broker, &mut cursor).await {
+        if let Err(error) = listen_once(&shared, &broker, &mut cursor, &mut ring).await {
             if shared.listening.swap(false, Ordering::Relaxed) {
                 tracing::warn!(%error, "lost the Redis pub/sub connection; reconnecting");
             } else {
@@ -426,6 +667,7 @@ async fn listen_once(
     shared: &Shared,
     broker: &WeakBroker,
     cursor: &mut Option<u64>,
+    ring: &mut VecDeque<Carried>,
 ) -> Result<(), EngineError> {
     let keys = shared.keys()?;
     let mut pubsub = with_timeout(shared.client.get_async_pubsub()).await?;
@@ -440,7 +682,7 @@ async fn listen_once(
     let newest = newest.unwrap_or(0);
     match *cursor {
         Some(last) if newest >= last => {
-            catch_up(keys, &mut connection, broker, last, newest).await?;
+            catch_up(keys, &mut connection, broker, last, newest, ring).await?;
         }
         Some(last) => tracing::warn!(
             last,
@@ -459,7 +701,14 @@ async fn listen_once(
             Err(_) => return Err(EngineError::Unavailable("pub/sub probe overdue".into())),
         };
         if message.get_channel_name() != keys.live {
-            continue; // The probe: it only proves the connection delivers.
+            control(
+                shared,
+                broker,
+                message.get_payload_bytes(),
+                cursor.unwrap_or(0),
+                ring,
+            );
+            continue;
         }
         let Some(carried) = Carried::parse(message.get_payload_bytes()) else {
             tracing::warn!("unreadable publish on the Redis channel; skipped");
@@ -470,11 +719,88 @@ async fn listen_once(
             continue;
         }
         if carried.seq > last + 1 {
-            catch_up(keys, &mut connection, broker, last, carried.seq - 1).await?;
+            catch_up(keys, &mut connection, broker, last, carried.seq - 1, ring).await?;
         }
-        deliver(broker, &carried);
         *cursor = Some(carried.seq);
+        deliver(broker, carried, ring);
     }
+}
+
+/// A message on this node's control channel: the probe, a request for the state of a
+/// session this node serves, or the state of a session it claimed. `cursor` is the last
+/// publish fanned out here, and `ring` the publishes before it.
+fn control(
+    shared: &Shared,
+    broker: &WeakBroker,
+    payload: &[u8],
+    cursor: u64,
+    ring: &VecDeque<Carried>,
+) {
+    let mut parts = payload.splitn(3, |&b| b == b'\n');
+    let (kind, client_id, rest) = (parts.next(), parts.next(), parts.next());
+    fn text(part: Option<&[u8]>) -> Option<&str> {
+        part.and_then(|p| std::str::from_utf8(p).ok())
+    }
+    let (Some(node), Some(client_id)) = (broker.upgrade(), text(client_id)) else {
+        return; // The probe: it only proves the connection delivers.
+    };
+    match kind {
+        Some(b"handover") => {
+            let Some(to) = text(rest) else { return };
+            let state = node.hand_over(client_id).map(|mut state| {
+                state.cursor = cursor;
+                serde_json::to_string(&state).unwrap_or_default()
+            });
+            send_state(shared, client_id, to, state.unwrap_or_default());
+        }
+        Some(b"handed") => {
+            let waiter = shared
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(client_id);
+            let state: Option<SessionHandover> = rest.and_then(|r| serde_json::from_slice(r).ok());
+            let taken = match (waiter, state) {
+                (Some(waiter), Some(state)) => {
+                    let handed_at = state.cursor;
+                    let since = ring
+                        .iter()
+                        .skip_while(|c| c.seq <= handed_at)
+                        .map(Carried::publish);
+                    let complete =
+                        handed_at >= cursor || ring.front().is_some_and(|c| c.seq <= handed_at + 1);
+                    if complete {
+                        node.take_over(state, &since.collect::<Vec<_>>());
+                    } else {
+                        tracing::warn!(%client_id, "session state too old to complete; lost");
+                    }
+                    let _ = waiter.send(complete);
+                    return;
+                }
+                (Some(waiter), None) => waiter,
+                (None, _) => return, // The claim gave up waiting: the session is lost.
+            };
+            let _ = taken.send(false);
+        }
+        _ => {}
+    }
+}
+
+/// Sends the state of `client_id` (JSON; empty when this node does not have it) to the
+/// node that claimed it. Does not wait.
+fn send_state(shared: &Shared, client_id: &str, to: &str, state: String) {
+    let (Ok(keys), Ok(mut connection)) = (shared.keys(), shared.connection()) else {
+        return;
+    };
+    let channel = format!("{}{to}", keys.control_prefix);
+    let message = format!("handed\n{client_id}\n{state}");
+    tokio::spawn(async move {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&channel).arg(message);
+        if let Err(error) = with_timeout(publish.query_async::<()>(&mut connection)).await {
+            tracing::warn!(%error, "a session's state could not be handed over");
+        }
+    });
 }
 
 /// Fans out publishes `after + 1 ..= upto` from the log.
@@ -484,6 +810,7 @@ async fn catch_up(
     broker: &WeakBroker,
     after: u64,
     upto: u64,
+    ring: &mut VecDeque<Carried>,
 ) -> Result<(), EngineError> {
     let mut next = after;
     while next < upto {
@@ -515,24 +842,33 @@ async fn catch_up(
                 );
             }
             next = carried.seq;
-            deliver(broker, &carried);
+            deliver(broker, carried, ring);
         }
     }
     Ok(())
 }
 
-fn deliver(broker: &WeakBroker, carried: &Carried) {
+/// Fans `carried` out to this node's sessions and remembers it in `ring`.
+fn deliver(broker: &WeakBroker, carried: Carried, ring: &mut VecDeque<Carried>) {
     if let Some(node) = broker.upgrade() {
-        node.deliver_from_engine(&Publish {
-            origin: &carried.origin,
-            channel: &carried.channel,
-            bytes: &carried.bytes,
-            publisher: Some(carried.publisher.as_str()).filter(|p| !p.is_empty()),
-        });
+        node.deliver_from_engine(&carried.publish());
     }
+    if ring.len() == RING {
+        ring.pop_front();
+    }
+    ring.push_back(carried);
 }
 
 impl Carried {
+    fn publish(&self) -> Publish<'_> {
+        Publish {
+            origin: &self.origin,
+            channel: &self.channel,
+            bytes: &self.bytes,
+            publisher: Some(self.publisher.as_str()).filter(|p| !p.is_empty()),
+        }
+    }
+
     /// `seq \n origin \n publisher \n channel \n message`, as the publish script sends it
     /// (channel names and node ids hold no newline).
     fn parse(payload: &[u8]) -> Option<Carried> {

@@ -1,0 +1,168 @@
+//! Sessions that move between the nodes of a cluster, for engines that share sessions
+//! ([`crate::engine::Engine::shares_sessions`]): a request may land on any node, and the
+//! node it lands on serves the session from then on.
+//!
+//! A node that gets a request for a session it does not have claims it through the
+//! engine. The node that had it hands its state over ([`Broker::hand_over`]): it forgets
+//! the session without ending it, answers its held connect empty (the client's next
+//! connect goes wherever the load balancer sends it), and gives up its queue, its
+//! subscriptions and its ack batches. The claiming node takes the state over
+//! ([`Broker::take_over`]) together with what was published after the handing node's
+//! last fan-out, so nothing is lost or delivered twice on the way.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::extensions::AckState;
+use super::outbox::Wake;
+use super::session::{Identity, Session};
+use super::{Broker, Removal, read, write};
+use crate::engine::{Claim, EngineError, Interest, Publish, SessionHandover};
+use crate::protocol::ChannelName;
+
+/// How often a request waits for another claim on its session before giving up.
+const CLAIM_ATTEMPTS: usize = 100;
+/// The pause between two claims of a session that is moving.
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Broker {
+    /// The session `client_id` if this node serves it; otherwise, on an engine that
+    /// shares sessions, claims it from the node that served it. `Ok(None)`: no such
+    /// session in the cluster (or it was lost with its node). `Err`: the engine cannot
+    /// tell now.
+    pub(super) async fn find_or_claim(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<Arc<Session>>, EngineError> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            if let Some(session) = read(&self.shared.sessions).get(client_id).cloned() {
+                return Ok(Some(session));
+            }
+            if !self.shared.engine.shares_sessions() {
+                return Ok(None);
+            }
+            match self.shared.engine.claim_session(client_id).await? {
+                Claim::TakenOver => return Ok(read(&self.shared.sessions).get(client_id).cloned()),
+                Claim::Unknown => return Ok(None),
+                Claim::Lost => {
+                    tracing::info!(%client_id, "session lost with the node that served it");
+                    return Ok(None);
+                }
+                // Another request of the session is moving it (here or elsewhere).
+                Claim::Busy => tokio::time::sleep(CLAIM_RETRY).await,
+            }
+        }
+        Err(EngineError::Unavailable(
+            "the session is being moved; try again".into(),
+        ))
+    }
+
+    /// Gives up session `client_id` to another node: forgets it here without ending it
+    /// and returns its state, or `None` if this node does not serve it.
+    pub fn hand_over(&self, client_id: &str) -> Option<SessionHandover> {
+        let session = read(&self.shared.sessions).get(client_id).cloned()?;
+        let (subscriptions, handover) = {
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                return None;
+            }
+            state.removed = Some(Removal::Moved);
+            let mut queue = Vec::new();
+            state.outbox.queue.drain_into(&mut queue);
+            if state.outbox.has_reader() {
+                state.outbox.wake(Wake::Removed);
+            }
+            self.shared.metrics.session_closed(state.transport);
+            let subscriptions = std::mem::take(&mut state.subscriptions);
+            let now = self.now_ms();
+            let expires = session.expires();
+            let handover = SessionHandover {
+                client_id: client_id.to_string(),
+                browser_id: session.browser_id.as_deref().map(str::to_string),
+                identity: session.info().identity.map(str::to_string),
+                expires_in: (expires != u64::MAX).then(|| expires.saturating_sub(now)),
+                connect_only: state.connect_only,
+                connected: state.connected,
+                subscriptions: subscriptions.iter().map(|s| s.to_string()).collect(),
+                queue: queue
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .collect(),
+                ack: state.ack.as_deref().map(AckState::export),
+                cursor: 0,
+            };
+            (subscriptions, handover)
+        };
+        self.forget_session(&session, &subscriptions, Removal::Moved);
+        tracing::debug!(%client_id, "session handed over to another node");
+        Some(handover)
+    }
+
+    /// Serves a session another node handed over. `since` is what this node fanned out
+    /// after the handing node's last fan-out (`handover.cursor`), in order: the session's
+    /// queue is the handed one followed by those of `since` that match its
+    /// subscriptions, each once.
+    pub fn take_over(&self, handover: SessionHandover, since: &[Publish<'_>]) {
+        let config = &self.shared.config;
+        let now = self.now_ms();
+        let identity = handover
+            .identity
+            .as_deref()
+            .map(|name| Identity::new(name, handover.expires_in.map(|ms| now + ms)));
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            key,
+            handover.client_id.as_str().into(),
+            handover.browser_id.as_deref().map(Into::into),
+            identity,
+            config.max_queue,
+            handover.connect_only,
+            now + config.interval + config.max_interval,
+        ));
+        let patterns: Vec<ChannelName<'_>> = handover
+            .subscriptions
+            .iter()
+            .filter_map(|p| ChannelName::parse(p).ok())
+            .collect();
+        let own = !config.broadcast_to_publisher;
+        let since = since.iter().filter(|publish| {
+            let by_itself = own && publish.publisher == Some(handover.client_id.as_str());
+            !by_itself
+                && ChannelName::parse(publish.channel)
+                    .is_ok_and(|channel| patterns.iter().any(|p| p.matches(&channel)))
+        });
+        let since: Vec<Bytes> = since.map(|publish| publish.bytes.clone()).collect();
+        {
+            let mut state = session.lock();
+            state.connected = handover.connected;
+            state.ack = handover.ack.map(|ack| Box::new(AckState::import(ack)));
+            let queued = handover.queue.into_iter().map(Bytes::from).chain(since);
+            let arrived = tokio::time::Instant::now();
+            for message in queued {
+                // Dropping the oldest is the one policy that can apply here: the session
+                // is not registered yet, so it cannot be ended for overflowing.
+                let policy = crate::config::OverflowPolicy::DropOldest;
+                state.outbox.queue.push_at(message, policy, arrived);
+            }
+            state.subscriptions = patterns.iter().map(|p| p.as_str().into()).collect();
+            self.shared.metrics.session_opened(state.transport);
+            // Registered while the session is locked, so no fan-out reaches it before
+            // its queue holds what came before.
+            let mut sessions = write(&self.shared.sessions);
+            sessions.insert(session.client_id.clone(), session.clone());
+            let mut tree = write(&self.shared.tree);
+            for pattern in &patterns {
+                let change = tree.insert(pattern, key, session.clone());
+                self.report_interest(pattern.as_str(), change, Interest::First);
+            }
+        }
+        tracing::debug!(client_id = %session.client_id, "session taken over from another node");
+    }
+
+    /// The clientIds of the sessions this node serves (their records are kept alive).
+    pub fn session_ids(&self) -> Vec<Box<str>> {
+        read(&self.shared.sessions).keys().cloned().collect()
+    }
+}
