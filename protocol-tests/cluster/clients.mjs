@@ -7,8 +7,10 @@
 //    (the broker sent it, the client never got it);
 //  - every WebSocket records the node that accepted its upgrade (header X-Halley-Node) in `socket.node`.
 // Also: sequence checks (exactly once, in order per publisher) and a publisher that retries what failed.
+import assert from "node:assert/strict";
 import {AckExtension} from "cometd";
-import {newBrowser, sleep, waitUntil, withTimeout} from "../node/helpers.mjs";
+import {Inbox, cometdConnected, cometdHandshake, cometdSubscribe, newBrowser, sleep, waitUntil, withTimeout}
+    from "../node/helpers.mjs";
 
 export * from "../node/helpers.mjs";
 export {AckExtension};
@@ -140,9 +142,9 @@ export function sequencePublisher(client, channel, {pub = client.name, from = 0,
                     client.cometd.publish(channel, {pub, seq, attempt}, resolve);
                 }), ms, `${pub} publish ${seq}`);
                 ok = reply.successful === true;
-                if (!ok) state.failureReplies.push(reply);
+                if (!ok) state.failureReplies.push({seq, attempt, error: reply.error ?? null, failure: reply.failure?.reason});
             } catch (err) {
-                state.failureReplies.push({timeout: err.message});
+                state.failureReplies.push({seq, attempt, timeout: true});
             }
             if (ok) {
                 state.acked.add(seq);
@@ -167,4 +169,90 @@ export async function waitForSequence(inbox, pub, acked, ms = 15000, quietMs = 6
         return true;
     }, ms, `${inbox.name}: all ${acked.size} acknowledged publishes of ${pub} (have ${inbox.messages.length})`);
     await sleep(quietMs);
+}
+
+// ---------------------------------------------------------------- failure tests
+
+// Fast retries after a failed request (CometD's default back-off grows by 1 s per failure).
+export const FAST_RETRY = {backoffIncrement: 50, maxBackoff: 500};
+
+/** `count` CometD clients with the AckExtension (long-polling, or WebSocket), subscribed to `channel`: [{c, inbox}]. */
+export async function ackSubscribers(pool, url, channel, count, prefix = "ack", {websocket = false} = {}) {
+    const subs = [];
+    for (let i = 0; i < count; ++i) {
+        const c = trackedCometD(pool, url, {name: `${prefix}${i}`, ack: true, websocket, config: FAST_RETRY});
+        const inbox = new Inbox(c.name);
+        await cometdHandshake(c);
+        await cometdConnected(c);
+        await cometdSubscribe(c, channel, m => inbox.push(m));
+        subs.push({c, inbox});
+    }
+    return subs;
+}
+
+/** Sums the subscribers' figures, reports them (a `FIGURES` diagnostic of test `t`), and returns them. */
+export function figures(t, label, publisher, subs) {
+    const expected = new Map([[publisher.pub, publisher.acked]]);
+    // Publishes answered unsuccessfully (or not at all) whose message was delivered anyway: the retry arrives too.
+    const deliveredAttempts = new Set(subs.flatMap(({inbox}) => inbox.data.map(d => `${d.seq}#${d.attempt ?? 0}`)));
+    const failedButDelivered = (publisher.failureReplies || []).filter(f => deliveredAttempts.has(`${f.seq}#${f.attempt}`));
+    if (failedButDelivered.length) {
+        t.diagnostic(`${label}: publishes answered unsuccessfully but delivered: ${JSON.stringify(failedButDelivered)}`);
+    }
+    // How each subscriber's session fared: handshakes (more than 1: it was told to handshake again) and 402s.
+    const per = subs.map(({c, inbox}) => {
+        const replies = c.received.map(r => r.message);
+        return {
+            name: c.name,
+            ...sequenceFigures(inbox.data, expected),
+            handshakes: replies.filter(m => m.channel === "/meta/handshake" && m.successful).length,
+            unknown: replies.filter(m => /^402:/.test(m.error || "")).length,
+        };
+    });
+    const total = {published: publisher.acked.size, attempts: publisher.attempts, failedPublishes: publisher.failures,
+        subscribers: subs.length, delivered: 0, lost: 0, duplicated: 0, retried: 0, outOfOrder: 0};
+    for (const f of per) {
+        for (const k of ["lost", "duplicated", "retried", "outOfOrder"]) total[k] += f[k];
+        total.delivered += f.received;
+    }
+    t.diagnostic(`FIGURES ${label}: ${JSON.stringify(total)}`);
+    return {total, per};
+}
+
+/**
+ * Waits (bounded by `ms` in all) for every subscriber to have every acknowledged publish, then a quiet period,
+ * then reports the figures and fails unless each arrived once, in order; a subscriber that never catches up is
+ * reported with what it lost rather than as a timeout. `toldMayLose`: a subscriber whose session was told
+ * 402::session_unknown may have lost messages (only duplicates and order are checked for it).
+ */
+export async function settleAndCheck(t, label, publisher, subs, {ms = 20000, quietMs = 600, toldMayLose = false} = {}) {
+    const deadline = Date.now() + ms;
+    for (const {inbox} of subs) {
+        try {
+            await waitForSequence(inbox, publisher.pub, publisher.acked, Math.max(0, deadline - Date.now()), 0);
+        } catch {
+            // reported by the figures
+        }
+    }
+    await sleep(quietMs);
+    const result = figures(t, label, publisher, subs);
+    if (!toldMayLose) {
+        assertExactlyOnce(result);
+        return;
+    }
+    // A session told 402::session_unknown lost its state visibly, not silently: only duplicates and order count
+    // for it (its subscriber, subscribed once, stops receiving after the re-handshake).
+    const told = result.per.filter(f => f.unknown > 0);
+    t.diagnostic(`${label}: sessions told to handshake again: ${told.map(f => `${f.name} (lost ${f.lost})`).join(", ") || "none"}`);
+    const silent = result.per.filter(f => f.unknown === 0);
+    assert.deepEqual(silent.map(f => ({name: f.name, lost: f.lost})), silent.map(f => ({name: f.name, lost: 0})),
+        `silent loss: ${JSON.stringify(result.per)}`);
+    assert.deepEqual({duplicated: result.total.duplicated, outOfOrder: result.total.outOfOrder},
+        {duplicated: 0, outOfOrder: 0}, JSON.stringify(result.per));
+}
+
+/** Fails unless every acknowledged publish reached every subscriber once, in order. */
+export function assertExactlyOnce({total, per}) {
+    assert.deepEqual({lost: total.lost, duplicated: total.duplicated, outOfOrder: total.outOfOrder},
+        {lost: 0, duplicated: 0, outOfOrder: 0}, JSON.stringify(per));
 }

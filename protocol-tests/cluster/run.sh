@@ -45,4 +45,4 @@ done
 [ ${#files[@]} -gt 0 ] || files=(test/*.test.mjs)
 # Every wait in the tests is bounded; --test-timeout is the backstop for one hung test, `timeout` for the run.
 exec timeout --kill-after=10 420 \
-    node --test --test-concurrency=1 --test-timeout=90000 --test-force-exit ${options[@]+"${options[@]}"} "${files[@]}"
+    node --test --test-concurrency=1 --test-timeout=150000 --test-force-exit ${options[@]+"${options[@]}"} "${files[@]}"
