@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The thing named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The cluster's engine cannot be reached now; try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -53,6 +56,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         };
         let mut response = (status, Json(json!({"error": self.to_string()}))).into_response();
@@ -338,7 +342,13 @@ async fn disconnect(
         .get("clientId")
         .and_then(Value::as_str)
         .ok_or_else(|| api.bad_request("body must be {\"clientId\": \"…\"}".into()))?;
-    if api.broker.disconnect(client_id) {
+    // On a cluster the session may be served by another node: it is moved here first.
+    let here = api
+        .broker
+        .serve_here(client_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if here && api.broker.disconnect(client_id) {
         Ok(Json(json!({"disconnected": client_id})).into_response())
     } else {
         Err(ApiError::NotFound(format!("no session {client_id:?}")))

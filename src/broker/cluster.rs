@@ -59,6 +59,13 @@ impl Broker {
         ))
     }
 
+    /// Whether session `client_id` exists, served by this node from now on (claimed from
+    /// the node that served it, on an engine that shares sessions): what server-side
+    /// actions on any session do first.
+    pub async fn serve_here(&self, client_id: &str) -> Result<bool, EngineError> {
+        Ok(self.find_or_claim(client_id).await?.is_some())
+    }
+
     /// Gives up session `client_id` to another node: forgets it here without ending it
     /// and returns its state, or `None` if this node does not serve it.
     pub fn hand_over(&self, client_id: &str) -> Option<SessionHandover> {
@@ -90,7 +97,7 @@ impl Broker {
                     .iter()
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .collect(),
-                ack: state.ack.as_deref().map(AckState::export),
+                ack: state.ack.as_deref().map(|ack| ack.export(true)),
                 cursor: 0,
             };
             (subscriptions, handover)
@@ -133,12 +140,25 @@ impl Broker {
                 && ChannelName::parse(publish.channel)
                     .is_ok_and(|channel| patterns.iter().any(|p| p.matches(&channel)))
         });
-        let since: Vec<Bytes> = since.map(|publish| publish.bytes.clone()).collect();
+        let since: Vec<(u64, Bytes)> = since.map(|p| (p.seq, p.bytes.clone())).collect();
         {
             let mut state = session.lock();
             state.connected = handover.connected;
             state.ack = handover.ack.map(|ack| Box::new(AckState::import(ack)));
-            let queued = handover.queue.into_iter().map(Bytes::from).chain(since);
+            state.last_seq = since.last().map_or(handover.cursor, |(seq, _)| *seq);
+            let mut queued: Vec<Bytes> = handover.queue.into_iter().map(Bytes::from).collect();
+            for (seq, message) in since {
+                // Rebuilt from the log after a node died: what was sent in a batch the
+                // client has not acknowledged goes back into that batch.
+                match state
+                    .ack
+                    .as_mut()
+                    .and_then(|ack| Some((ack.batch_of(seq)?, ack)))
+                {
+                    Some((batch, ack)) => ack.restore(batch, message),
+                    None => queued.push(message),
+                }
+            }
             let arrived = tokio::time::Instant::now();
             for message in queued {
                 // Dropping the oldest is the one policy that can apply here: the session
@@ -159,6 +179,40 @@ impl Broker {
             }
         }
         tracing::debug!(client_id = %session.client_id, "session taken over from another node");
+    }
+
+    /// Stores the state of an ack-extension session in the engine (without its messages,
+    /// which the engine's log holds), so that another node can rebuild it if this one
+    /// dies: every reply to such a session waits for it. Other sessions, and engines that
+    /// do not share sessions, skip it.
+    pub(crate) async fn checkpoint(&self, session: &Session) {
+        if !self.shared.engine.shares_sessions() {
+            return;
+        }
+        let state = {
+            let state = session.lock();
+            let Some(ack) = state.ack.as_deref().filter(|_| state.removed.is_none()) else {
+                return;
+            };
+            let ack = ack.export(false);
+            let expires = session.expires();
+            SessionHandover {
+                client_id: session.client_id.to_string(),
+                browser_id: session.browser_id.as_deref().map(str::to_string),
+                identity: session.info().identity.map(str::to_string),
+                expires_in: (expires != u64::MAX).then(|| expires.saturating_sub(self.now_ms())),
+                connect_only: state.connect_only,
+                connected: state.connected,
+                subscriptions: state.subscriptions.iter().map(|s| s.to_string()).collect(),
+                queue: Vec::new(),
+                cursor: ack.base,
+                ack: Some(ack),
+            }
+        };
+        if let Err(error) = self.shared.engine.checkpoint_session(&state).await {
+            tracing::warn!(%error, client_id = %session.client_id,
+                "ack session not checkpointed: it cannot be rebuilt if this node dies now");
+        }
     }
 
     /// The clientIds of the sessions this node serves (their records are kept alive).

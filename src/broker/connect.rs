@@ -292,7 +292,12 @@ impl Broker {
         self.observe_drain(&state.outbox.queue);
         let before = out.len();
         match state.ack.as_mut() {
-            Some(ack) => ack.flush(&mut state.outbox.queue, self.shared.config.max_queue, out),
+            Some(ack) => ack.flush(
+                &mut state.outbox.queue,
+                self.shared.config.max_queue,
+                out,
+                state.last_seq,
+            ),
             // The rest, if any, makes the next connect come back at once.
             None => {
                 let max_bytes = self.shared.config.max_response_bytes;
@@ -476,18 +481,24 @@ impl PushConnect {
     }
 
     /// Answers the connect: the queued deliveries and the reply, with the advice the
-    /// session's state calls for.
-    pub fn answer(self) -> ReplyBatch {
-        let mut state = self.session.lock();
-        self.broker
-            .release_held(&self.session, &mut state, self.attachment);
-        let ending = if self.broker.is_shutting_down() && state.removed.is_none() {
-            Ending::Drain
-        } else {
-            Ending::after(state.removed)
+    /// session's state calls for (after an ack session's checkpoint).
+    pub async fn answer(self) -> ReplyBatch {
+        let reply = {
+            let mut state = self.session.lock();
+            self.broker
+                .release_held(&self.session, &mut state, self.attachment);
+            let ending = if self.broker.is_shutting_down() && state.removed.is_none() {
+                Ending::Drain
+            } else {
+                Ending::after(state.removed)
+            };
+            self.broker
+                .connect_answer(&self.session, &mut state, &self.message, ending)
         };
-        self.broker
-            .connect_answer(&self.session, &mut state, &self.message, ending)
+        if self.session.is_ack() {
+            Box::pin(self.broker.checkpoint(&self.session)).await;
+        }
+        reply
     }
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::outbox::DeliveryQueue;
+use crate::engine::AckHandover;
 use crate::protocol::Message;
 
 /// Per-session state of the acknowledgement extension.
@@ -23,44 +24,81 @@ pub(crate) struct AckState {
     closing: u64,
     /// Deliveries sent in a batch the client has not acknowledged, oldest first.
     unacked: VecDeque<(u64, Bytes)>,
+    /// On an engine that numbers publishes: each unacknowledged batch with the number of
+    /// the last publish in it, oldest first, so the batches can be rebuilt from the log.
+    ends: VecDeque<(u64, u64)>,
+    /// Every publish numbered up to this was acknowledged, or came before the session.
+    base: u64,
 }
 
 impl AckState {
-    pub fn new() -> Self {
+    /// The state of a new session; `base`: the engine's number of the last publish
+    /// before it (0 when the engine does not number publishes).
+    pub fn new(base: u64) -> Self {
         AckState {
             next_batch: 1,
             closing: 0,
             unacked: VecDeque::new(),
+            ends: VecDeque::new(),
+            base,
         }
     }
 
-    /// The state to hand to another node: the next batch number and the unacknowledged
-    /// deliveries with their batches.
-    pub fn export(&self) -> (u64, Vec<(u64, String)>) {
-        let unacked = self
-            .unacked
-            .iter()
-            .map(|(b, m)| (*b, String::from_utf8_lossy(m).into_owned()))
-            .collect();
-        (self.next_batch, unacked)
+    /// The state to hand to another node; without the deliveries for a checkpoint.
+    pub fn export(&self, with_deliveries: bool) -> AckHandover {
+        let unacked = if with_deliveries {
+            self.unacked
+                .iter()
+                .map(|(b, m)| (*b, String::from_utf8_lossy(m).into_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        AckHandover {
+            next_batch: self.next_batch,
+            base: self.base,
+            ends: self.ends.iter().copied().collect(),
+            unacked,
+        }
     }
 
     /// The state another node handed over.
-    pub fn import((next_batch, unacked): (u64, Vec<(u64, String)>)) -> Self {
+    pub fn import(state: AckHandover) -> Self {
         AckState {
-            next_batch,
+            next_batch: state.next_batch,
             closing: 0,
-            unacked: unacked
+            unacked: state
+                .unacked
                 .into_iter()
                 .map(|(b, m)| (b, Bytes::from(m)))
                 .collect(),
+            ends: state.ends.into_iter().collect(),
+            base: state.base,
         }
+    }
+
+    /// The unacknowledged batch a publish numbered `seq` belongs to, if any (rebuilding
+    /// batches from the log).
+    pub fn batch_of(&self, seq: u64) -> Option<u64> {
+        self.ends
+            .iter()
+            .find(|(_, end)| seq <= *end)
+            .map(|(b, _)| *b)
+    }
+
+    /// Adds a delivery to unacknowledged batch `batch` (rebuilding batches from the log).
+    pub fn restore(&mut self, batch: u64, message: Bytes) {
+        self.unacked.push_back((batch, message));
     }
 
     /// Forgets every delivery of a batch up to `batch`, which the client received.
     pub fn acknowledge(&mut self, batch: u64) {
         while self.unacked.front().is_some_and(|(b, _)| *b <= batch) {
             self.unacked.pop_front();
+        }
+        while let Some((_, end)) = self.ends.front().copied().filter(|(b, _)| *b <= batch) {
+            self.ends.pop_front();
+            self.base = self.base.max(end);
         }
     }
 
@@ -80,9 +118,19 @@ impl AckState {
     /// Moves what is queued into the closing batch and writes every unacknowledged
     /// delivery, in order, to `out`. Beyond `capacity` the oldest are dropped and counted
     /// in `queue`.
-    pub fn flush(&mut self, queue: &mut DeliveryQueue, capacity: usize, out: &mut Vec<Bytes>) {
+    /// `last_seq`: the engine's number of the last publish queued (the batch's end).
+    pub fn flush(
+        &mut self,
+        queue: &mut DeliveryQueue,
+        capacity: usize,
+        out: &mut Vec<Bytes>,
+        last_seq: u64,
+    ) {
         let mut fresh = Vec::new();
         queue.drain_into(&mut fresh);
+        if !fresh.is_empty() && last_seq > 0 {
+            self.ends.push_back((self.closing, last_seq));
+        }
         self.unacked
             .extend(fresh.into_iter().map(|m| (self.closing, m)));
         while self.unacked.len() > capacity {
@@ -119,12 +167,12 @@ mod tests {
 
     #[test]
     fn unacknowledged_batches_are_sent_again_in_order() {
-        let mut ack = AckState::new();
+        let mut ack = AckState::new(0);
         let mut queue = DeliveryQueue::new(10);
         queue.push(b("1"), OverflowPolicy::DropOldest);
         assert_eq!(ack.close_batch(), 1);
         let mut out = Vec::new();
-        ack.flush(&mut queue, 10, &mut out);
+        ack.flush(&mut queue, 10, &mut out, 0);
         assert_eq!(out, vec![b("1")]);
         // The reply with batch 1 was lost: the next connect acknowledges 0.
         ack.acknowledge(0);
@@ -132,26 +180,26 @@ mod tests {
         queue.push(b("2"), OverflowPolicy::DropOldest);
         assert_eq!(ack.close_batch(), 2);
         let mut out = Vec::new();
-        ack.flush(&mut queue, 10, &mut out);
+        ack.flush(&mut queue, 10, &mut out, 0);
         assert_eq!(out, vec![b("1"), b("2")]);
         ack.acknowledge(2);
         assert!(!ack.has_unacked());
         assert_eq!(ack.close_batch(), 3);
         let mut out = Vec::new();
-        ack.flush(&mut queue, 10, &mut out);
+        ack.flush(&mut queue, 10, &mut out, 0);
         assert!(out.is_empty());
     }
 
     #[test]
     fn unacknowledged_deliveries_are_bounded() {
-        let mut ack = AckState::new();
+        let mut ack = AckState::new(0);
         let mut queue = DeliveryQueue::new(10);
         for s in ["1", "2", "3"] {
             queue.push(b(s), OverflowPolicy::DropOldest);
         }
         ack.close_batch();
         let mut out = Vec::new();
-        ack.flush(&mut queue, 2, &mut out);
+        ack.flush(&mut queue, 2, &mut out, 0);
         assert_eq!(out, vec![b("2"), b("3")]);
         assert_eq!(queue.take_dropped(), 1);
     }

@@ -111,7 +111,8 @@ impl Broker {
             |state| {
                 state.transport = ctx.transport;
                 if ack {
-                    state.ack = Some(Box::new(AckState::new()));
+                    let base = self.shared.engine_seq.load(Ordering::Relaxed);
+                    state.ack = Some(Box::new(AckState::new(base)));
                     state.connect_only = true;
                 }
             },

@@ -193,6 +193,9 @@ struct Shared {
     engine: Arc<dyn Engine>,
     /// The engine brings this node's own publishes back to it ([`Engine::publish`]).
     engine_loops_back: bool,
+    /// The number of the last publish the engine brought here (0 when the engine does not
+    /// number publishes): where a new ack session's history starts.
+    engine_seq: AtomicU64,
     /// What operators scrape: every outcome the broker decides is counted here.
     metrics: Arc<Metrics>,
     /// Transport names for the handshake reply: only the ones that really work.
@@ -281,6 +284,7 @@ impl Broker {
                 config,
                 node_id,
                 engine_loops_back: engine.loops_back(),
+                engine_seq: AtomicU64::new(0),
                 engine,
                 metrics: Arc::new(Metrics::new()),
                 connection_types: connection_types.to_vec(),
@@ -376,12 +380,18 @@ impl Broker {
             Ok(prepared) => prepared,
             Err(handshake) => return Outcome::Reply(handshake),
         };
-        if let Some((session, connect)) = lone_connect(&batch, session.as_ref(), &deleted) {
-            return self.connect(session, connect, ctx).await;
+        let outcome = match lone_connect(&batch, session.as_ref(), &deleted) {
+            Some((session, connect)) => self.connect(session, connect, ctx).await,
+            None => {
+                // Boxed: a held connect's future must not carry the batch path's state.
+                let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
+                Outcome::Reply(batch.await)
+            }
+        };
+        if let Some(session) = session.filter(|s| s.is_ack()) {
+            Box::pin(self.checkpoint(&session)).await;
         }
-        // Boxed: a held connect's future must not carry the batch path's state.
-        let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
-        Outcome::Reply(batch.await)
+        outcome
     }
 
     /// Processes one batch that came over a push transport (a WebSocket frame). A
@@ -396,16 +406,22 @@ impl Broker {
             Ok(prepared) => prepared,
             Err(handshake) => return (Some(handshake), None),
         };
-        if let Some((session, connect)) = lone_connect(&batch, session.as_ref(), &deleted) {
-            return match self.connect_pushed(session, connect) {
+        let answered = match lone_connect(&batch, session.as_ref(), &deleted) {
+            Some((session, connect)) => match self.connect_pushed(session, connect) {
                 Ok(reply) => (Some(reply), None),
                 Err(held) => (None, Some(held)),
-            };
+            },
+            None => {
+                let reply = self
+                    .process_batch(&batch, session.as_ref(), ctx, &deleted)
+                    .await;
+                (Some(reply), None)
+            }
+        };
+        if let Some(session) = session.filter(|s| s.is_ack()) {
+            Box::pin(self.checkpoint(&session)).await;
         }
-        let reply = self
-            .process_batch(&batch, session.as_ref(), ctx, &deleted)
-            .await;
-        (Some(reply), None)
+        answered
     }
 
     /// What every batch goes through first: receipt times for timesync, the handshake
@@ -422,6 +438,11 @@ impl Broker {
             for message in batch.iter_mut().filter(|m| m.ext.is_some()) {
                 message.received_ms = Some(now);
             }
+        }
+        // A node cut from the cluster serves nobody: another node may be serving its
+        // sessions by now, and it could not tell.
+        if self.shared.engine.shares_sessions() && !self.shared.engine.is_ready() {
+            return Err(self.unavailable(batch));
         }
         if let Some(at) = batch
             .iter()

@@ -110,13 +110,18 @@ impl Broker {
             .filter(|_| !self.shared.config.broadcast_to_publisher)
             .and_then(|id| read(&self.shared.sessions).get(id).map(|s| s.key));
         let targets = read(&self.shared.tree).matches(&name);
-        self.fan_out_now(&FanOut {
+        let reached = self.fan_out_now(&FanOut {
             targets,
             bytes: publish.bytes.clone(),
             skip,
             published: Instant::now(),
             confirmation: None,
-        })
+            seq: publish.seq,
+        });
+        self.shared
+            .engine_seq
+            .fetch_max(publish.seq, Ordering::Relaxed);
+        reached
     }
 
     /// Runs the outgoing hooks on a publish, serializes it once, hands it to the engine
@@ -145,6 +150,7 @@ impl Broker {
             channel: name.as_str(),
             bytes: &bytes,
             publisher: publisher.map(|s| &*s.client_id),
+            seq: 0,
         };
         let confirmation = match self.shared.engine.publish(&publish) {
             Ok(confirmation) => confirmation,
@@ -169,6 +175,7 @@ impl Broker {
             skip: publisher.map(|s| s.key),
             published: Instant::now(),
             confirmation,
+            seq: 0,
         })
     }
 
@@ -217,6 +224,7 @@ impl Broker {
                 continue;
             }
             let bytes = fan_out.bytes.clone();
+            state.last_seq = fan_out.seq;
             match state.outbox.queue.push_at(bytes, policy, fan_out.published) {
                 Enqueued::Queued => queued += 1,
                 Enqueued::DroppedOldest => {
@@ -258,6 +266,8 @@ pub(super) struct FanOut {
     /// Set when the engine fans the publish out itself (to this node too): whether it
     /// accepted it, which the publisher's reply waits for.
     pub confirmation: Option<Confirmation>,
+    /// Its number in the engine's order (0 when the engine does not number publishes).
+    seq: u64,
 }
 
 /// Waits for an engine's confirmation, if there is one: a publish the engine could not

@@ -36,6 +36,9 @@ pub(crate) struct SessionState {
     pub delivered_at: Option<NonZeroU64>,
     /// The transport its last handshake or connect came over (sessions by transport).
     pub transport: Transport,
+    /// The engine's number of the last publish queued for it (0 when the engine does not
+    /// number publishes): where its ack batches end.
+    pub last_seq: u64,
 }
 
 /// Who the security policy authenticated, and until when the session may live.
@@ -102,6 +105,7 @@ impl Session {
                 ack: None,
                 delivered_at: None,
                 transport: Transport::default(),
+                last_seq: 0,
             }),
         }
     }
@@ -136,6 +140,12 @@ impl Session {
         if let Some(identity) = self.identity.as_deref() {
             identity.expires.store(at, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the session negotiated the ack extension (its replies wait for a
+    /// checkpoint on a cluster).
+    pub fn is_ack(&self) -> bool {
+        self.lock().ack.is_some()
     }
 
     pub fn deadline(&self) -> u64 {

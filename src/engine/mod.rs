@@ -67,6 +67,9 @@ pub struct Publish<'a> {
     /// The publishing session, which does not receive its own publish when
     /// `broadcast_to_publisher` is off.
     pub publisher: Option<&'a str>,
+    /// Its number in the engine's order, for engines that number publishes (0 otherwise):
+    /// sessions remember the last they were given, so their state can be rebuilt.
+    pub seq: u64,
 }
 
 /// What became of a node's claim on a session that another node served last.
@@ -104,12 +107,26 @@ pub struct SessionHandover {
     pub subscriptions: Vec<String>,
     /// Deliveries queued for it, oldest first (serialized JSON objects).
     pub queue: Vec<String>,
-    /// The ack extension's state, if it negotiated it: the next batch number and the
-    /// unacknowledged deliveries with their batches.
-    pub ack: Option<(u64, Vec<(u64, String)>)>,
+    /// The ack extension's state, if it negotiated it.
+    pub ack: Option<AckHandover>,
     /// The number of the last publish the handing node had fanned out (set by the
-    /// engine): the receiving node adds what followed.
+    /// engine): the receiving node adds what followed. In a checkpoint, the number up to
+    /// which the client acknowledged everything.
     pub cursor: u64,
+}
+
+/// The ack extension's state of a moving session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AckHandover {
+    /// The number the next batch gets.
+    pub next_batch: u64,
+    /// Every publish numbered up to this was acknowledged (or came before the session).
+    pub base: u64,
+    /// Each unacknowledged batch with the number of the last publish in it.
+    pub ends: Vec<(u64, u64)>,
+    /// The unacknowledged deliveries with their batches (empty in a checkpoint: they are
+    /// read back from the log).
+    pub unacked: Vec<(u64, String)>,
 }
 
 /// A change in a node's interest in a channel pattern.
@@ -171,6 +188,16 @@ pub trait Engine: Send + Sync + 'static {
         _client_id: &'a str,
     ) -> EngineFuture<'a, Result<Claim, EngineError>> {
         Box::pin(std::future::ready(Ok(Claim::Unknown)))
+    }
+
+    /// Stores what is needed to rebuild an ack-extension session if this node dies: its
+    /// state without the messages (`queue` and `ack.unacked` empty), which the log holds.
+    /// Every reply to such a session waits for it.
+    fn checkpoint_session<'a>(
+        &'a self,
+        _state: &'a SessionHandover,
+    ) -> EngineFuture<'a, Result<(), EngineError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     /// Forgets a session that ended on this node. Does not wait.

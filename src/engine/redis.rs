@@ -91,8 +91,9 @@ return 1
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
 /// live (ms), heartbeat key prefix, control channel prefix, lock time (ms), clientId.
-/// Returns `unknown`, `busy`, `moving` (the serving node was asked for the state) or
-/// `lost` (no live node serves it).
+/// Returns `unknown`, `busy`, `moving` (the serving node was asked for the state),
+/// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
+/// the log) or `lost` (no live node serves it, and it has no checkpoint).
 const CLAIM_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then return 'busy' end
@@ -103,7 +104,18 @@ if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous
   redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1])
   return 'moving'
 end
+local checkpoint = redis.call('HGET', KEYS[1], 'state')
+if checkpoint then return 'recover\n' .. checkpoint end
 return 'lost'
+"#;
+
+/// Stores an ack session's checkpoint, if this node still serves it. KEYS: session.
+/// ARGV: node, checkpoint (JSON), time to live (ms).
+const CHECKPOINT_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 "#;
 
 /// Keeps session records alive. KEYS: sessions. ARGV: time to live (ms).
@@ -164,6 +176,10 @@ struct Shared {
     beating: AtomicBool,
     /// Claims of this node waiting for a session's state: whether it arrived.
     waiting: Mutex<HashMap<Box<str>, oneshot::Sender<bool>>>,
+    /// Sessions to rebuild from a checkpoint and the log, in the listening task.
+    rebuilds: mpsc::Sender<Rebuild>,
+    /// Taken by the listening task when the broker is attached.
+    rebuilds_rx: Mutex<Option<mpsc::Receiver<Rebuild>>>,
     /// Live sessions in the cluster as of the last heartbeat; `usize::MAX` before.
     cluster_sessions: AtomicUsize,
 }
@@ -193,6 +209,13 @@ impl NodeKeys {
     fn claim(&self, client_id: &str) -> String {
         format!("{}{client_id}}}:claim", self.session_prefix)
     }
+}
+
+/// A session of a dead node to rebuild from its checkpoint and the log; `done` says
+/// whether it was.
+struct Rebuild {
+    state: SessionHandover,
+    done: oneshot::Sender<bool>,
 }
 
 /// A publish on its way to Redis, with whoever waits for its outcome.
@@ -229,6 +252,7 @@ impl RedisEngine {
         let client = redis::Client::open(url)
             .map_err(|e| ConfigError::Invalid(format!("engine {url:?}: {e}")))?;
         let (outgoing, outgoing_rx) = mpsc::channel(BACKLOG);
+        let (rebuilds, rebuilds_rx) = mpsc::channel(64);
         Ok(RedisEngine {
             shared: Arc::new(Shared {
                 client,
@@ -240,6 +264,8 @@ impl RedisEngine {
                 listening: AtomicBool::new(false),
                 beating: AtomicBool::new(false),
                 waiting: Mutex::new(HashMap::new()),
+                rebuilds,
+                rebuilds_rx: Mutex::new(Some(rebuilds_rx)),
                 cluster_sessions: AtomicUsize::new(usize::MAX),
             }),
         })
@@ -289,7 +315,15 @@ impl Engine for RedisEngine {
             runtime.spawn(send_publishes(self.shared.clone(), receiver));
         }
         runtime.spawn(beat(self.shared.clone(), broker.clone()));
-        runtime.spawn(listen(self.shared.clone(), broker));
+        let rebuilds = self
+            .shared
+            .rebuilds_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rebuilds) = rebuilds {
+            runtime.spawn(listen(self.shared.clone(), broker, rebuilds));
+        }
     }
 
     fn publish(&self, publish: &Publish<'_>) -> Result<Option<Confirmation>, EngineError> {
@@ -348,6 +382,28 @@ impl Engine for RedisEngine {
         client_id: &'a str,
     ) -> EngineFuture<'a, Result<Claim, EngineError>> {
         Box::pin(self.shared.claim(client_id))
+    }
+
+    fn checkpoint_session<'a>(
+        &'a self,
+        state: &'a SessionHandover,
+    ) -> EngineFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            let keys = self.shared.keys()?;
+            let mut connection = self.shared.connection()?;
+            let checkpoint = serde_json::to_string(state).unwrap_or_default();
+            with_timeout(
+                redis::cmd("EVAL")
+                    .arg(CHECKPOINT_SCRIPT)
+                    .arg(1)
+                    .arg(keys.session(&state.client_id))
+                    .arg(&*keys.id)
+                    .arg(checkpoint)
+                    .arg(keys.session_ttl)
+                    .query_async::<()>(&mut connection),
+            )
+            .await
+        })
     }
 
     fn end_session(&self, client_id: &str) {
@@ -447,6 +503,13 @@ impl Shared {
                 Ok(Ok(true)) => Ok(Claim::TakenOver),
                 _ => Ok(Claim::Lost),
             },
+            Ok(answer) if answer.starts_with("recover\n") => {
+                let checkpoint = serde_json::from_str(&answer["recover\n".len()..]);
+                match checkpoint {
+                    Ok(state) => Ok(self.rebuild(state).await),
+                    Err(_) => Ok(Claim::Lost),
+                }
+            }
             Ok("unknown") => Ok(Claim::Unknown),
             Ok("busy") => Ok(Claim::Busy),
             Ok(_) => Ok(Claim::Lost),
@@ -477,6 +540,18 @@ impl Shared {
             _ => {}
         }
         outcome
+    }
+
+    /// Has the listening task rebuild a session of a dead node.
+    async fn rebuild(&self, state: SessionHandover) -> Claim {
+        let (done, rebuilt) = oneshot::channel();
+        if self.rebuilds.send(Rebuild { state, done }).await.is_err() {
+            return Claim::Lost;
+        }
+        match tokio::time::timeout(HANDOVER_TIMEOUT, rebuilt).await {
+            Ok(Ok(true)) => Claim::TakenOver,
+            _ => Claim::Lost,
+        }
     }
 
     /// Makes the command connection if there is none yet.
@@ -642,12 +717,13 @@ async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Resul
 
 /// Listens to the cluster's publishes for as long as the broker lives, reconnecting
 /// whenever the pub/sub connection fails or its probe is late.
-async fn listen(shared: Arc<Shared>, broker: WeakBroker) {
+async fn listen(shared: Arc<Shared>, broker: WeakBroker, mut rebuilds: mpsc::Receiver<Rebuild>) {
     // The number of the last publish fanned out; `None` before the first connection.
     let mut cursor: Option<u64> = None;
     let mut ring = VecDeque::with_capacity(RING);
     loop {
-        if let Err(error) = listen_once(&shared, &broker, &mut cursor, &mut ring).await {
+        let listened = listen_once(&shared, &broker, &mut cursor, &mut ring, &mut rebuilds);
+        if let Err(error) = listened.await {
             if shared.listening.swap(false, Ordering::Relaxed) {
                 tracing::warn!(%error, "lost the Redis pub/sub connection; reconnecting");
             } else {
@@ -668,6 +744,7 @@ async fn listen_once(
     broker: &WeakBroker,
     cursor: &mut Option<u64>,
     ring: &mut VecDeque<Carried>,
+    rebuilds: &mut mpsc::Receiver<Rebuild>,
 ) -> Result<(), EngineError> {
     let keys = shared.keys()?;
     let mut pubsub = with_timeout(shared.client.get_async_pubsub()).await?;
@@ -683,6 +760,7 @@ async fn listen_once(
     match *cursor {
         Some(last) if newest >= last => {
             catch_up(keys, &mut connection, broker, last, newest, ring).await?;
+            drop_claimed(keys, &mut connection, broker).await?;
         }
         Some(last) => tracing::warn!(
             last,
@@ -694,12 +772,24 @@ async fn listen_once(
     *cursor = Some(newest);
     shared.listening.store(true, Ordering::Relaxed);
     let mut messages = pubsub.on_message();
+    let mut probe = tokio::time::Instant::now() + PROBE_TIMEOUT;
     loop {
-        let message = match tokio::time::timeout(PROBE_TIMEOUT, messages.next()).await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err(EngineError::Unavailable("pub/sub connection closed".into())),
-            Err(_) => return Err(EngineError::Unavailable("pub/sub probe overdue".into())),
+        let message = tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => return Err(EngineError::Unavailable("pub/sub connection closed".into())),
+            },
+            Some(rebuild) = rebuilds.recv() => {
+                let last = cursor.unwrap_or(0);
+                let rebuilt = rebuild_session(keys, &mut connection, broker, rebuild.state, last);
+                let _ = rebuild.done.send(rebuilt.await?);
+                continue;
+            }
+            () = tokio::time::sleep_until(probe) => {
+                return Err(EngineError::Unavailable("pub/sub probe overdue".into()));
+            }
         };
+        probe = tokio::time::Instant::now() + PROBE_TIMEOUT;
         if message.get_channel_name() != keys.live {
             control(
                 shared,
@@ -803,6 +893,81 @@ fn send_state(shared: &Shared, client_id: &str, to: &str, state: String) {
     });
 }
 
+/// After this node was cut off, forgets the sessions that other nodes claimed (or
+/// declared lost) meanwhile: the requests for them that come back here claim them anew.
+async fn drop_claimed(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+    broker: &WeakBroker,
+) -> Result<(), EngineError> {
+    let Some(node) = broker.upgrade() else {
+        return Ok(());
+    };
+    let ids = node.session_ids();
+    for chunk in ids.chunks(REFRESH_BATCH) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(keys.session(id)).arg("owner");
+        }
+        let owners: Vec<Option<String>> = with_timeout(pipe.query_async(connection)).await?;
+        for (id, owner) in chunk.iter().zip(owners) {
+            // No record at all: an in-process session, or one declared lost, which its
+            // client no longer uses; it expires here by itself.
+            let elsewhere = owner.is_some_and(|owner| *owner != *keys.id);
+            if elsewhere && node.hand_over(id).is_some() {
+                tracing::info!(client_id = %id, "session served elsewhere since this node was cut off; forgotten here");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds a session of a dead node from its checkpoint: what was published after
+/// `state.cursor` (everything up to it was acknowledged) up to `upto` (the last publish
+/// fanned out here), read from the log and matched by [`crate::Broker::take_over`].
+/// False when the log no longer reaches back that far.
+async fn rebuild_session(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+    broker: &WeakBroker,
+    state: SessionHandover,
+    upto: u64,
+) -> Result<bool, EngineError> {
+    let Some(node) = broker.upgrade() else {
+        return Ok(false);
+    };
+    let mut since = Vec::new();
+    let mut next = state.cursor;
+    while next < upto {
+        let entries: Vec<(String, Vec<Vec<u8>>)> = with_timeout(
+            redis::cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(format!("({next}-0"))
+                .arg(format!("{upto}-0"))
+                .arg("COUNT")
+                .arg(CATCH_UP_BATCH)
+                .query_async(connection),
+        )
+        .await?;
+        let first = entries.first().and_then(|(id, _)| id.split('-').next());
+        if first.and_then(|f| f.parse::<u64>().ok()) != Some(next + 1) {
+            tracing::warn!(client_id = %state.client_id, "the log no longer reaches the session's last acknowledgement");
+            return Ok(false);
+        }
+        for (id, fields) in entries {
+            if let Some(carried) = Carried::from_log(&id, fields) {
+                next = carried.seq;
+                since.push(carried);
+            }
+        }
+    }
+    let since: Vec<Publish<'_>> = since.iter().map(Carried::publish).collect();
+    tracing::info!(client_id = %state.client_id, publishes = since.len(),
+        "session of a dead node rebuilt from its checkpoint");
+    node.take_over(state, &since);
+    Ok(true)
+}
+
 /// Fans out publishes `after + 1 ..= upto` from the log.
 async fn catch_up(
     keys: &NodeKeys,
@@ -866,6 +1031,7 @@ impl Carried {
             channel: &self.channel,
             bytes: &self.bytes,
             publisher: Some(self.publisher.as_str()).filter(|p| !p.is_empty()),
+            seq: self.seq,
         }
     }
 

@@ -419,7 +419,14 @@ async fn answer(
     held: &mut Option<PushConnect>,
 ) -> Result<(), End> {
     match held.take() {
-        Some(connect) => send(socket, deadline, json_array(&connect.answer().messages)).await,
+        Some(connect) => {
+            send(
+                socket,
+                deadline,
+                json_array(&connect.answer().await.messages),
+            )
+            .await
+        }
         None => Ok(()),
     }
 }

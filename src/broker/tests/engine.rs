@@ -96,6 +96,7 @@ async fn a_publish_on_one_node_reaches_the_other_through_the_engine_once_with_ho
         channel: "/news/x",
         bytes: &bytes,
         publisher: None,
+        seq: 0,
     };
     assert_eq!(
         b.deliver_from_engine(&echo),

@@ -1,0 +1,518 @@
+//! One engine test suite, run against the in-memory engine (an in-process cluster of
+//! brokers sharing one `MemoryEngine`) and against the Redis engine (brokers on a real
+//! `redis-server` that each test starts on a free loopback port, with a key prefix of
+//! its own). The Redis-only tests cover what the memory engine does not do: sessions
+//! served by any node, a node's death, and Redis going away.
+//!
+//! `scripts/test` installs Debian's redis-server; without it these tests fail and say so.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use halley::broker::{LocalSession, Outcome};
+use halley::engine::{Engine, MemoryEngine, RedisEngine};
+use halley::protocol::message::decode_batch;
+use halley::{Broker, Config, RequestContext};
+use serde_json::{Value, json};
+
+/// A redis-server of this test's own, stopped (by PID) when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "halley-engines-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a data directory");
+        let mut server = RedisServer {
+            child: spawn_redis(port, &dir),
+            port,
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same port and data (the
+    /// append-only file keeps everything).
+    fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = spawn_redis(self.port, &self.dir);
+        self.wait_ready();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..100 {
+            if self.keys("*").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// The keys matching `pattern`.
+    fn keys(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        redis::cmd("KEYS").arg(pattern).query(&mut connection)
+    }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test installs Debian's redis-server)")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where a test's nodes come from.
+enum Cluster {
+    Memory(MemoryEngine),
+    Redis(RedisServer, String),
+}
+
+impl Cluster {
+    fn memory() -> Cluster {
+        Cluster::Memory(MemoryEngine::default())
+    }
+
+    fn redis(test: &str) -> Cluster {
+        Cluster::Redis(RedisServer::start(), format!("halley-test:{test}:"))
+    }
+
+    /// A node named `id`, ready to serve.
+    async fn node(&self, id: &str) -> Broker {
+        let config = Config {
+            node_id: Some(id.to_string()),
+            sweep_interval: 100,
+            ..Config::default()
+        };
+        let engine: Arc<dyn Engine> = match self {
+            Cluster::Memory(engine) => Arc::new(engine.clone()),
+            Cluster::Redis(server, prefix) => {
+                Arc::new(RedisEngine::open(&server.url(), prefix).expect("engine"))
+            }
+        };
+        let broker = Broker::with_engine(config, &["long-polling"], engine);
+        broker.spawn_sweeper();
+        for _ in 0..100 {
+            if broker.engine().is_ready() {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {id} not ready");
+    }
+
+    fn server(&mut self) -> &mut RedisServer {
+        match self {
+            Cluster::Redis(server, _) => server,
+            Cluster::Memory(_) => unreachable!("a Redis-only test"),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        match self {
+            Cluster::Redis(_, prefix) => prefix,
+            Cluster::Memory(_) => unreachable!("a Redis-only test"),
+        }
+    }
+}
+
+/// Sends one request's batch to `node` and returns the reply's messages.
+async fn request(node: &Broker, batch: Value) -> Vec<Value> {
+    let mut messages = Vec::new();
+    decode_batch(batch.to_string().as_bytes(), &mut messages).expect("a valid batch");
+    match node.handle(messages, &RequestContext::default()).await {
+        Outcome::Reply(reply) => reply
+            .messages
+            .iter()
+            .map(|m| serde_json::from_slice(m).expect("JSON"))
+            .collect(),
+        Outcome::Superseded => Vec::new(),
+    }
+}
+
+async fn handshake(node: &Broker, ack: bool) -> String {
+    let reply = request(
+        node,
+        json!([{"channel": "/meta/handshake", "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"], "ext": {"ack": ack}}]),
+    )
+    .await;
+    reply[0]["clientId"]
+        .as_str()
+        .expect("a clientId")
+        .to_string()
+}
+
+/// A connect that is not held: the deliveries queued now, and the connect reply.
+async fn poll(node: &Broker, client_id: &str) -> (Vec<i64>, Value) {
+    let reply = request(
+        node,
+        json!([{"channel": "/meta/connect", "clientId": client_id,
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    )
+    .await;
+    split(reply)
+}
+
+/// The numbers carried by the deliveries of a reply, and its connect reply.
+fn split(reply: Vec<Value>) -> (Vec<i64>, Value) {
+    let mut numbers = Vec::new();
+    let mut connect = Value::Null;
+    for message in reply {
+        if message["channel"] == "/meta/connect" {
+            connect = message;
+        } else if let Some(n) = message["data"]["n"].as_i64() {
+            numbers.push(n);
+        }
+    }
+    (numbers, connect)
+}
+
+/// A server-side publish of `{"n": n}` on `channel`.
+fn numbered(channel: &str, n: i64) -> halley::protocol::Message {
+    halley::protocol::Message {
+        channel: Some(channel.into()),
+        data: serde_json::value::to_raw_value(&json!({"n": n})).ok(),
+        ..Default::default()
+    }
+}
+
+/// Everything `session` receives until it has `count` numbers (or 10 s pass).
+async fn receive_numbers(session: &mut LocalSession, count: usize) -> Vec<i64> {
+    let mut numbers = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while numbers.len() < count {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, session.receive()).await else {
+            break;
+        };
+        numbers.extend(batch.iter().filter_map(|m| m["data"]["n"].as_i64()));
+    }
+    numbers
+}
+
+async fn every_publish_reaches_every_node_once_in_order(cluster: Cluster) {
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let mut exact = nodes[0].open_local_session(None);
+    exact.subscribe("/orders/new").expect("subscribe");
+    let mut wild = nodes[1].open_local_session(None);
+    wild.subscribe("/orders/**").expect("subscribe");
+    // Matched twice on node 2 (two patterns), delivered once.
+    wild.subscribe("/orders/*").expect("subscribe");
+    // Each publish is confirmed before the next is sent, from alternating nodes: every
+    // node sees them in that order.
+    for n in 0..300 {
+        let node = &nodes[n % 2];
+        node.publish_message(numbered("/orders/new", n as i64))
+            .await
+            .expect("publish");
+    }
+    let expected: Vec<i64> = (0..300).collect();
+    assert_eq!(receive_numbers(&mut exact, 300).await, expected);
+    assert_eq!(receive_numbers(&mut wild, 300).await, expected);
+}
+
+async fn a_session_publish_reaches_the_other_node(cluster: Cluster) {
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let mut other = nodes[1].open_local_session(None);
+    other.subscribe("/room").expect("subscribe");
+    let mut publisher = nodes[0].open_local_session(None);
+    publisher.subscribe("/room").expect("subscribe");
+    publisher
+        .publish("/room", &json!({"n": 1}))
+        .expect("publish");
+    assert_eq!(receive_numbers(&mut other, 1).await, vec![1]);
+    // Its own copy too (broadcast_to_publisher is on by default), once.
+    assert_eq!(receive_numbers(&mut publisher, 1).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_every_publish_reaches_every_node_once_in_order() {
+    every_publish_reaches_every_node_once_in_order(Cluster::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_every_publish_reaches_every_node_once_in_order() {
+    every_publish_reaches_every_node_once_in_order(Cluster::redis("order")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_session_publish_reaches_the_other_node() {
+    a_session_publish_reaches_the_other_node(Cluster::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_session_publish_reaches_the_other_node() {
+    a_session_publish_reaches_the_other_node(Cluster::redis("skip")).await;
+}
+
+/// A session whose requests land on alternating nodes (a round-robin load balancer)
+/// gets every publish once, in order, while it moves at every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_session_served_by_alternating_nodes_loses_nothing() {
+    let cluster = Cluster::redis("moving");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let client_id = handshake(&nodes[0], false).await;
+    let subscribed = request(
+        &nodes[1],
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/feed/*"}]),
+    )
+    .await;
+    assert_eq!(subscribed[0]["successful"], true, "{subscribed:?}");
+    let publisher = nodes[0].open_local_session(None);
+    let mut received = Vec::new();
+    for n in 0..200 {
+        publisher
+            .publish("/feed/a", &json!({"n": n}))
+            .expect("publish");
+        if n % 10 == 9 {
+            let (numbers, connect) = poll(&nodes[(n / 10) % 2], &client_id).await;
+            assert_eq!(connect["successful"], true, "{connect}");
+            received.extend(numbers);
+        }
+    }
+    for attempt in 0..50 {
+        if received.len() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        received.extend(poll(&nodes[attempt % 2], &client_id).await.0);
+    }
+    assert_eq!(received, (0..200).collect::<Vec<i64>>());
+}
+
+/// A held connect on one node is answered (empty) as soon as a request of its session
+/// lands on another node, so the client's next connect goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_held_connect_is_released_when_the_session_moves() {
+    let cluster = Cluster::redis("held");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let client_id = handshake(&nodes[0], false).await;
+    poll(&nodes[0], &client_id).await;
+    let held = {
+        let (node, client_id) = (nodes[0].clone(), client_id.clone());
+        tokio::spawn(async move {
+            request(
+                &node,
+                json!([{"channel": "/meta/connect", "clientId": client_id,
+                        "connectionType": "long-polling"}]),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "the connect is held");
+    let published = request(
+        &nodes[1],
+        json!([{"channel": "/x", "clientId": client_id, "data": {"n": 1}}]),
+    )
+    .await;
+    assert_eq!(published[0]["successful"], true, "{published:?}");
+    let answered = tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("the held connect is answered")
+        .expect("task");
+    assert_eq!(
+        answered.last().map(|m| &m["successful"]),
+        Some(&json!(true))
+    );
+}
+
+/// A node that dies takes the state of its sessions with it: their clients are told
+/// `402::session_unknown` on the next request elsewhere, and nothing is left in Redis
+/// once the sessions and the node's heartbeat have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_session_of_a_dead_node_is_unknown_and_leaves_no_keys() {
+    let cluster = Cluster::redis("dead");
+    let survivor = cluster.node("n2").await;
+    let baseline = cluster
+        .server_keys(cluster.prefix())
+        .into_iter()
+        .filter(|k| !k.contains("node:"))
+        .count();
+    let dying = cluster.node("n1").await;
+    let client_id = handshake(&dying, false).await;
+    poll(&dying, &client_id).await;
+    drop(dying); // Its tasks stop: no more heartbeats, no handover.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let (_, connect) = poll(&survivor, &client_id).await;
+    assert_eq!(connect["successful"], false, "{connect}");
+    assert_eq!(connect["error"], "402::session_unknown");
+    assert_eq!(connect["advice"]["reconnect"], "handshake");
+    let left: Vec<String> = cluster
+        .server_keys(cluster.prefix())
+        .into_iter()
+        .filter(|k| !k.contains("node:"))
+        .collect();
+    assert_eq!(left.len(), baseline, "keys left: {left:?}");
+}
+
+impl Cluster {
+    fn server_keys(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Cluster::Redis(server, _) => server.keys(&format!("{prefix}*")).expect("KEYS"),
+            Cluster::Memory(_) => Vec::new(),
+        }
+    }
+}
+
+/// While Redis is away a publish is refused (never acknowledged and dropped) and the node
+/// is not ready; once Redis is back the node recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_fails_publishes_and_coming_back_heals() {
+    let mut cluster = Cluster::redis("outage");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let mut listener = nodes[1].open_local_session(None);
+    listener.subscribe("/ticks").expect("subscribe");
+    nodes[0]
+        .publish("/ticks", &json!({"n": 1}))
+        .expect("publish");
+    assert_eq!(receive_numbers(&mut listener, 1).await, vec![1]);
+
+    cluster.server().kill();
+    let message = |n: i64| numbered("/ticks", n);
+    let mut refused = false;
+    for _ in 0..40 {
+        if nodes[0].publish_message(message(2)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a publish with Redis down is refused");
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(
+        !nodes[0].engine().is_ready(),
+        "not ready while Redis is down"
+    );
+
+    cluster.server().restart_after(Duration::ZERO);
+    let mut healed = false;
+    for _ in 0..100 {
+        if nodes.iter().all(|n| n.engine().is_ready()) {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healed, "both nodes ready again");
+    nodes[0]
+        .publish_message(message(3))
+        .await
+        .expect("a publish once Redis is back");
+    assert_eq!(receive_numbers(&mut listener, 1).await, vec![3]);
+}
+
+/// A connect of an ack-extension session that acknowledges `ack` (none on the first):
+/// the deliveries it brings, and the connect reply (whose `ext.ack` numbers its batch).
+async fn ack_poll(node: &Broker, client_id: &str, ack: Option<i64>) -> (Vec<i64>, Value) {
+    let ext = ack.map_or(json!({}), |ack| json!({"ack": ack}));
+    let reply = request(
+        node,
+        json!([{"channel": "/meta/connect", "clientId": client_id,
+                "connectionType": "long-polling", "advice": {"timeout": 0}, "ext": ext}]),
+    )
+    .await;
+    split(reply)
+}
+
+fn batch_of(connect: &Value) -> i64 {
+    connect["ext"]["ack"].as_i64().expect("an ack batch number")
+}
+
+/// The node serving an ack-extension session dies with a batch sent but not
+/// acknowledged (its reply lost with the node), and more is published while it is dead:
+/// the next connect, on another node, gets that batch again and everything after it,
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_ack_session_of_a_dead_node_loses_nothing_and_repeats_nothing() {
+    let cluster = Cluster::redis("ack-dead");
+    let survivor = cluster.node("n2").await;
+    let dying = cluster.node("n1").await;
+    let client_id = handshake(&dying, true).await;
+    let subscribed = request(
+        &dying,
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/seq"}]),
+    )
+    .await;
+    assert_eq!(subscribed[0]["successful"], true, "{subscribed:?}");
+    let (_, first) = ack_poll(&dying, &client_id, None).await;
+    let publisher = survivor.open_local_session(None);
+    let publish = |range: std::ops::Range<i64>| {
+        for n in range {
+            publisher
+                .publish("/seq", &json!({"n": n}))
+                .expect("publish");
+        }
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+
+    publish(0..30);
+    settle().await;
+    let (mut received, acked) = ack_poll(&dying, &client_id, Some(batch_of(&first))).await;
+    assert_eq!(received, (0..30).collect::<Vec<i64>>());
+    publish(30..60);
+    settle().await;
+    // This batch is sent, but its reply is lost with the node: never acknowledged.
+    let (lost, _) = ack_poll(&dying, &client_id, Some(batch_of(&acked))).await;
+    assert_eq!(lost, (30..60).collect::<Vec<i64>>());
+    drop(dying);
+    publish(60..100);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+
+    let (again, connect) = ack_poll(&survivor, &client_id, Some(batch_of(&acked))).await;
+    assert_eq!(connect["successful"], true, "{connect}");
+    received.extend(again);
+    assert_eq!(received, (0..100).collect::<Vec<i64>>());
+    let (more, _) = ack_poll(&survivor, &client_id, Some(batch_of(&connect))).await;
+    assert!(more.is_empty(), "nothing twice: {more:?}");
+}
