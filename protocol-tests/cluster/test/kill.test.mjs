@@ -45,6 +45,49 @@ describe("a node is SIGKILLed mid-traffic", () => {
         });
     });
 
+    it("raw: an ack session asked for on another node right after its node died is resumed, not told 402",
+        {skip: MULTI}, async () => {
+            await withCluster({name: "kill-raw-ack", args: ["--timeout", "2000"]}, async cluster => {
+                const post = (i, messages) => fetch(cluster.nodeUrl(i), {method: "POST",
+                    headers: {"Content-Type": "application/json"}, body: JSON.stringify(messages),
+                    signal: AbortSignal.timeout(6000)}).then(r => r.json());
+                const connect = (i, ack, extra = {}) => post(i, [{channel: "/meta/connect", clientId,
+                    connectionType: "long-polling", ext: {ack}, ...extra}]);
+                const [hs] = await post(1, [{channel: "/meta/handshake", version: "1.0",
+                    supportedConnectionTypes: ["long-polling"], ext: {ack: true}}]);
+                assert.equal(hs.ext?.ack, true, JSON.stringify(hs));
+                const clientId = hs.clientId;
+                const channel = `/cluster/kill/${nonce("r")}`;
+                const [sub] = await post(1, [{channel: "/meta/subscribe", clientId, subscription: channel}]);
+                assert.equal(sub.successful, true);
+                const first = await connect(1, -1, {advice: {timeout: 0}});
+                const firstBatch = first.find(m => m.channel === "/meta/connect").ext.ack;
+                const r = await cluster.api("POST", "/api/publish", {channel, data: {n: 1}}, {node: 0});
+                assert.equal(r.status, 200);
+                // n2 sends the batch with {n: 1}; the client never acknowledges it: n2 dies first.
+                const batch = await connect(1, firstBatch);
+                assert.deepEqual(batch.filter(m => m.channel === channel).map(m => m.data), [{n: 1}], JSON.stringify(batch));
+                await cluster.killNode(1);
+                // As a real client does: its next connect (on another node) comes within a second, acknowledging
+                // only the batch before. "Try again" answers are fine; 402 is not.
+                const deadline = Date.now() + 10000;
+                const replies = [];
+                for (;;) {
+                    const reply = await connect(0, firstBatch, {advice: {timeout: 0}});
+                    replies.push(reply);
+                    const meta = reply.find(m => m.channel === "/meta/connect");
+                    assert.ok(!/^402:/.test(meta?.error ?? ""), `told 402 after ${replies.length} connect(s): ${JSON.stringify(replies)}`);
+                    if (meta?.successful) {
+                        assert.deepEqual(reply.filter(m => m.channel === channel).map(m => m.data), [{n: 1}],
+                            `the unacknowledged batch is sent again: ${JSON.stringify(replies)}`);
+                        break;
+                    }
+                    assert.ok(Date.now() < deadline, `not resumed within 10 s: ${JSON.stringify(replies)}`);
+                    await sleep(200);
+                }
+            });
+        });
+
     for (const lost of [false, true]) {
         it(`right after it sent a batch not yet acknowledged (the reply ${lost ? "lost on the way" : "received"}): ` +
             "nothing lost, nothing twice", {skip: MULTI}, async t => {
