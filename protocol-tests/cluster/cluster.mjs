@@ -41,9 +41,10 @@ const START_MS = 10000;
 
 export const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
-// Processes and firewall rules to undo whatever happens to the test run.
+// Processes, firewall rules and temp dirs to undo whatever happens to the test run.
 const liveChildren = new Set();
 const liveRules = new Set();
+const liveDirs = new Set();
 process.on("exit", () => {
     for (const child of liveChildren) {
         try {
@@ -59,7 +60,14 @@ process.on("exit", () => {
             // already removed
         }
     }
+    for (const dir of liveDirs) rmSync(dir, {recursive: true, force: true});
 });
+
+// A test file killed by a signal (the runner's timeout, ^C) would skip the exit hook above: exit instead, so that it
+// runs (broker.mjs's hook kills the nodes the same way).
+for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"]) {
+    process.once(signal, () => process.exit(128 + os.constants.signals[signal]));
+}
 
 export function freePort() {
     return new Promise((resolve, reject) => {
@@ -254,6 +262,7 @@ export async function startCluster({name, nodes = 3, args = [], appendonly = fal
     const count = SELF_CHECK ? 1 : nodes;
     const dir = mkdtempSync(path.join(os.tmpdir(), `halley-cluster-${name}-`));
     chmodSync(dir, 0o755);
+    liveDirs.add(dir);
     const prefix = `halley:${name}-${process.pid}:`;
     const started = {redis: null, nodes: [], haproxy: null};
     const rules = [];
@@ -263,6 +272,7 @@ export async function startCluster({name, nodes = 3, args = [], appendonly = fal
         await Promise.all(started.nodes.map(n => n.stop()));
         if (started.redis) await started.redis.stop();
         rmSync(dir, {recursive: true, force: true});
+        liveDirs.delete(dir);
     };
     try {
         if (!SELF_CHECK && !UNSHARED) started.redis = await startRedis(dir, {appendonly});

@@ -2,7 +2,7 @@
 // `start_cluster` in ../python/conftest.py:
 //   node launch.mjs NAME [BROKER_FLAG...]
 // prints one line `ready {"url", "origin", "nodeUrls", "prefix", "redisPort"}` (JSON) once everything listens, and
-// stops everything (by PID, bounded) when its stdin closes or it gets SIGTERM/SIGINT.
+// stops everything (by PID, bounded) when its stdin closes; on SIGTERM/SIGINT, cluster.mjs's hooks SIGKILL it all.
 import {startCluster} from "./cluster.mjs";
 
 const [name = "launched", ...args] = process.argv.slice(2);
@@ -17,8 +17,6 @@ async function shutdown() {
     process.exit(0);
 }
 
-process.on("SIGTERM", shutdown);
-process.on("SIGINT", shutdown);
 process.stdin.on("end", shutdown);
 process.stdin.on("close", shutdown);
 process.stdin.resume();
