@@ -118,9 +118,12 @@ test("demo chat: browsers on different nodes share presence and messages; a clos
             const bob = await openChat(h, c.nodeOrigin(last), "bob");
             const carol = await openChat(h, c.origin, "carol");
             const everyone = ["alice", "bob", "carol"];
-            for (const x of [alice, bob, carol]) {
+            for (const [name, x] of Object.entries({alice, bob, carol})) {
                 await until("all three members listed", async () =>
-                    JSON.stringify(await members(x.page)) === JSON.stringify(everyone));
+                    JSON.stringify(await members(x.page)) === JSON.stringify(everyone)).catch(async err => {
+                    err.message += ` at ${name}: ${JSON.stringify(await members(x.page))}`;
+                    throw err;
+                });
             }
             await say(alice.page, "hello from n1");
             await say(bob.page, "hello from the last node");
