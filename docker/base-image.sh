@@ -5,10 +5,16 @@
 # with root, nobody and nonroot. No shell, no package manager.
 #
 #   docker/base-image.sh [IMAGE]      (root; needs debootstrap and a Debian mirror)
+#   docker/base-image.sh --debian [IMAGE]
+#                                     the whole minbase instead (apt included, default image
+#                                     localhost/halley-debian:bookworm): the stand-in for
+#                                     debian:bookworm-slim that docker/Dockerfile.cluster starts from
 # Environment: PODMAN (the podman command, default "podman --storage-driver vfs --runtime runc"),
 # DEBIAN_MIRROR (default: the first deb.debian.org-style URI in apt's sources, else deb.debian.org).
 set -euo pipefail
-image=${1:-localhost/halley-base:bookworm}
+debian=0
+if [ "${1:-}" = --debian ]; then debian=1; shift; fi
+if [ "$debian" = 1 ]; then image=${1:-localhost/halley-debian:bookworm}; else image=${1:-localhost/halley-base:bookworm}; fi
 read -r -a podman <<<"${PODMAN:-podman --storage-driver vfs --runtime runc}"
 
 mirror=${DEBIAN_MIRROR:-}
@@ -28,6 +34,16 @@ if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootst
   tail -n 30 "$work/debootstrap.log" >&2
   echo "base-image: debootstrap failed" >&2
   exit 1
+fi
+
+if [ "$debian" = 1 ]; then
+  # As debian:bookworm-slim: apt works (its sources name the mirror), its caches are empty.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+  tar --numeric-owner -C "$rootfs" -cf "$work/rootfs.tar" .
+  echo "base-image: importing $(du -sh "$rootfs" | cut -f1) as $image"
+  "${podman[@]}" import --change 'CMD ["/bin/bash"]' "$work/rootfs.tar" "$image" >/dev/null
+  "${podman[@]}" image inspect --format 'base-image: {{.Id}} {{.Size}} bytes' "$image" | cut -c1-200
+  exit 0
 fi
 
 # The files of the packages distroless cc carries (those that minbase has), with /lib, /bin, /sbin

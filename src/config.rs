@@ -29,14 +29,20 @@ pub enum Transport {
     CallbackPolling,
     /// One JSON array per text frame over a WebSocket; deliveries are pushed.
     Websocket,
+    /// Faye's: deliveries pushed as `data:` events of a `text/event-stream` response,
+    /// everything else over long-polling requests.
+    #[serde(rename = "eventsource")]
+    #[value(name = "eventsource")]
+    EventSource,
 }
 
 impl Transport {
     /// Every transport, the default set.
-    pub const ALL: [Transport; 3] = [
+    pub const ALL: [Transport; 4] = [
         Transport::LongPolling,
         Transport::CallbackPolling,
         Transport::Websocket,
+        Transport::EventSource,
     ];
 
     /// The name clients use for it in `supportedConnectionTypes` and `connectionType`.
@@ -45,6 +51,7 @@ impl Transport {
             Transport::LongPolling => "long-polling",
             Transport::CallbackPolling => "callback-polling",
             Transport::Websocket => "websocket",
+            Transport::EventSource => "eventsource",
         }
     }
 }
@@ -304,8 +311,9 @@ pub struct Config {
     pub redis_prefix: String,
     /// The transports offered to clients; requests of any other are refused.
     pub transports: Vec<Transport>,
-    /// How often a WebSocket gets a ping frame, ms (0: never); below the common 60 s
-    /// idle timeouts of proxies, which would otherwise close a quiet socket.
+    /// How often a WebSocket gets a ping frame and an EventSource stream a comment, ms (0:
+    /// never); below the common 60 s idle timeouts of proxies, which would otherwise close a
+    /// quiet socket.
     pub websocket_ping_interval: u64,
     /// Log line format.
     pub log_format: LogFormat,
@@ -565,7 +573,7 @@ pub struct Args {
     /// Prefix of every Redis key the cluster uses [default: halley:].
     #[arg(long, env = "HALLEY_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
-    /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket].
+    /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket,eventsource].
     #[arg(
         long,
         env = "HALLEY_TRANSPORTS",
@@ -573,7 +581,8 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub transports: Option<Vec<Transport>>,
-    /// How often a WebSocket gets a ping frame, ms; 0 never [default: 25000].
+    /// How often a WebSocket gets a ping frame and an EventSource stream a comment, ms; 0
+    /// never [default: 25000].
     #[arg(long, env = "HALLEY_WEBSOCKET_PING_INTERVAL", value_name = "MS")]
     pub websocket_ping_interval: Option<u64>,
     /// Log line format: text, or one JSON object per line [default: text].
@@ -724,6 +733,12 @@ impl Config {
         if self.redis_prefix.len() > 64 || self.redis_prefix.contains(['{', '}']) {
             return invalid("redis_prefix must be at most 64 bytes, without '{' or '}'");
         }
+        if self.transports.contains(&Transport::EventSource)
+            && !self.transports.contains(&Transport::LongPolling)
+        {
+            // Faye sends every message of an eventsource session over long-polling requests.
+            return invalid("the eventsource transport needs long-polling for its requests");
+        }
         if let Some(echo) = &self.websocket_echo_path
             && (!echo.starts_with('/') || echo.starts_with(self.path.as_str()))
         {
@@ -858,6 +873,23 @@ mod tests {
         );
         let args = Args::try_parse_from(["halley", "--coalescing-ceiling", "1001"]).expect("args");
         assert!(matches!(Config::load(args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn eventsource_is_on_by_default_and_needs_long_polling() {
+        assert!(
+            Config::default()
+                .transports
+                .contains(&Transport::EventSource)
+        );
+        let config = toml::from_str::<Config>(r#"transports = ["long-polling", "eventsource"]"#)
+            .expect("toml");
+        assert_eq!(
+            config.transports,
+            [Transport::LongPolling, Transport::EventSource]
+        );
+        let alone = toml::from_str::<Config>(r#"transports = ["eventsource"]"#).expect("toml");
+        assert!(alone.validate().is_err());
     }
 
     #[test]

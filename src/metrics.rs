@@ -54,6 +54,8 @@ label_enum! {
         CallbackPolling => "callback-polling",
         /// WebSocket.
         WebSocket => "websocket",
+        /// An EventSource stream (Faye), with its connects over HTTP.
+        EventSource => "eventsource",
         /// An in-process session (services, the demo's presence).
         Local => "local",
     }

@@ -516,3 +516,120 @@ async fn redis_an_ack_session_of_a_dead_node_loses_nothing_and_repeats_nothing()
     let (more, _) = ack_poll(&survivor, &client_id, Some(batch_of(&connect))).await;
     assert!(more.is_empty(), "nothing twice: {more:?}");
 }
+
+/// The demo chat's presence on a cluster: whichever node a join, a leave or a session's
+/// end lands on, every node knows the room's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_demo_chat_presence_is_the_same_on_every_node() {
+    let cluster = Cluster::redis("presence");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    for node in &nodes {
+        halley::demo::install(node);
+    }
+    let join = |node: usize, client_id: String, name: &'static str| {
+        let node = nodes[node].clone();
+        async move {
+            let reply = request(
+                &node,
+                json!([{"channel": "/service/chat/join", "clientId": client_id, "id": "1",
+                        "data": {"room": "lobby", "name": name}}]),
+            )
+            .await;
+            let answer = reply
+                .iter()
+                .find(|m| m["id"] == "1")
+                .cloned()
+                .unwrap_or_default();
+            answer["data"]["members"].clone()
+        }
+    };
+    let ann = handshake(&nodes[0], false).await;
+    let bob = handshake(&nodes[1], false).await;
+    assert_eq!(join(0, ann.clone(), "ann").await, json!(["ann"]));
+    // Bob's node learns of Ann through Redis; joining again changes nothing else.
+    let mut members = Value::Null;
+    for _ in 0..40 {
+        members = join(1, bob.clone(), "bob").await;
+        if members == json!(["ann", "bob"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(members, json!(["ann", "bob"]));
+    // Ann's session ends on node 2 (her disconnect lands there); node 1 hears of it.
+    let left = request(
+        &nodes[1],
+        json!([{"channel": "/meta/disconnect", "clientId": ann}]),
+    )
+    .await;
+    assert_eq!(left[0]["successful"], true, "{left:?}");
+    for _ in 0..40 {
+        members = join(0, bob.clone(), "bob").await;
+        if members == json!(["bob"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(members, json!(["bob"]));
+    // The presence channel is the server's own.
+    let refused = request(
+        &nodes[0],
+        json!([{"channel": "/meta/subscribe", "clientId": bob, "subscription": "/halley/presence"},
+               {"channel": "/halley/presence", "clientId": bob, "data": {"op": "leave"}}]),
+    )
+    .await;
+    assert!(
+        refused.iter().all(|m| m["successful"] == false),
+        "{refused:?}"
+    );
+}
+
+/// Requests of one session arriving at two nodes at the same time (a held connect on
+/// one, a publish on the other, as a round-robin balancer spreads a CometD client): none
+/// is refused as unknown, and every publish reaches the session once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_concurrent_requests_of_one_session_on_two_nodes_lose_nothing() {
+    let cluster = Cluster::redis("concurrent");
+    let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+    let client_id = handshake(&nodes[0], false).await;
+    request(
+        &nodes[0],
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/feed/*"}]),
+    )
+    .await;
+    let publisher = nodes[1].open_local_session(None);
+    let mut received = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..100i64 {
+        publisher
+            .publish("/feed/a", &json!({"n": round}))
+            .expect("publish");
+        let (a, b) = (round as usize % 2, (round as usize + 1) % 2);
+        let poll_here = request(
+            &nodes[a],
+            json!([{"channel": "/meta/connect", "clientId": client_id,
+                    "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+        );
+        let publish_there = request(
+            &nodes[b],
+            json!([{"channel": "/chat/x", "clientId": client_id, "data": {"note": round}}]),
+        );
+        let (polled, published) = tokio::join!(poll_here, publish_there);
+        for message in polled.iter().chain(published.iter()) {
+            if message["successful"] == false {
+                refused.push(message.clone());
+            }
+        }
+        received.extend(split(polled).0);
+        received.extend(split(published).0);
+    }
+    for attempt in 0..50 {
+        if received.len() >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        received.extend(poll(&nodes[attempt % 2], &client_id).await.0);
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert_eq!(received, (0..100).collect::<Vec<i64>>());
+}

@@ -483,3 +483,64 @@ pub fn publish_batch(messages: &[(String, String)], cid: &str, first_id: u64) ->
     body.push(']');
     body
 }
+
+/// Joins like a Faye client on eventsource (handshake and subscribe over HTTP), closes the
+/// HTTP connection, and opens the session's EventSource stream on a connection of its
+/// own: the stream, its head read, or `None` if any step failed.
+pub async fn open_event_stream(
+    client: &mut Client,
+    channels: &[String],
+) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !client.join(channels, 5).await {
+        return None;
+    }
+    client.close();
+    let cid = client.client_id.clone()?;
+    let socket = TcpSocket::new_v4().ok()?;
+    bind_port_at_connect(&socket);
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(client.source), 0))
+        .ok()?;
+    let mut stream = socket.connect(client.target.addr).await.ok()?;
+    let request = format!(
+        "GET {}/{cid} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
+        client.target.path.trim_end_matches('/'),
+        client.target.host
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() > 4096 {
+            client.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        client.counters.http_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(stream)
+}
+
+/// Reads (and drops) a stream's events until `stop`, or until the server closes it.
+pub async fn hold_event_stream(
+    mut stream: tokio::net::TcpStream,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

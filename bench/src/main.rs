@@ -53,6 +53,8 @@ pub enum Transport {
     LongPolling,
     /// One socket per client, deliveries pushed as frames (fanout, rooms, idle)
     Websocket,
+    /// Faye's: a `text/event-stream` response per client, requests over HTTP (idle)
+    Eventsource,
 }
 
 impl Transport {
@@ -60,6 +62,7 @@ impl Transport {
         match self {
             Transport::LongPolling => "long-polling",
             Transport::Websocket => "websocket",
+            Transport::Eventsource => "eventsource",
         }
     }
 }
@@ -94,6 +97,13 @@ fn main() {
     };
     let transport = opts.transport;
     let result = runtime.block_on(async move {
+        if opts.transport == Transport::Eventsource && name != "idle" {
+            return serde_json::json!({
+                "workload": name,
+                "label": opts.label,
+                "unavailable": "eventsource runs the idle workload only",
+            });
+        }
         if opts.transport == Transport::Websocket {
             // A server without WebSocket gets one clear line instead of N failed clients.
             let unavailable = if name == "churn" {

@@ -637,6 +637,7 @@ pub async fn idle(args: IdleArgs, nofile: u64) -> Value {
                 counters.clone(),
             )
         });
+        let eventsource = args.common.transport == Transport::Eventsource;
         tasks.push(tokio::spawn(async move {
             if let Some(mut client) = ws {
                 {
@@ -648,6 +649,21 @@ pub async fn idle(args: IdleArgs, nofile: u64) -> Value {
                 }
                 ready.fetch_add(1, Ordering::Relaxed);
                 client.run(&channels, &mut stop, &mut |_, _| {}, None).await;
+                return;
+            }
+            if eventsource {
+                let stream = {
+                    let _permit = gate.acquire().await;
+                    match crate::client::open_event_stream(&mut client, &channels).await {
+                        Some(stream) => stream,
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                };
+                ready.fetch_add(1, Ordering::Relaxed);
+                crate::client::hold_event_stream(stream, &mut stop).await;
                 return;
             }
             {

@@ -2,6 +2,7 @@
 # Runs the headless-browser suite (Debian's Chromium driven by playwright-core) against the Halley binary:
 # CometD 9 over callback-polling, CORS long-polling and WebSocket (direct, through nginx and HAProxy, and its
 # fallback behind an nginx that refuses upgrades), dojox.cometd 1.6 (both modes), the demo chat (over WebSocket),
+# Faye's browser client over EventSource,
 # the admin page (its screenshot is kept as output/admin.png).
 # Binary: $HALLEY_BIN or <repo>/target/release/halley; browser: $CHROMIUM_BIN or /usr/bin/chromium.
 # Works from any directory. Screenshots of failing tests land in output/.

@@ -143,7 +143,7 @@ impl Broker {
                 };
             }
             SUBSCRIBE => {
-                let result = self.subscribe(message, session);
+                let result = self.subscribe_client(message, session);
                 metrics.subscribe(self.count_outcome(&result));
                 result
             }

@@ -18,36 +18,95 @@ use bytes::Bytes;
 use super::extensions::AckState;
 use super::outbox::Wake;
 use super::session::{Identity, Session};
-use super::{Broker, Removal, read, write};
+use super::{Broker, Removal, SessionEvent, read, write};
 use crate::engine::{Claim, EngineError, Interest, Publish, SessionHandover};
 use crate::protocol::ChannelName;
 
-/// How often a request waits for another claim on its session before giving up.
-const CLAIM_ATTEMPTS: usize = 100;
+/// How long a request waits for its session to be claimable before it is answered
+/// `503` (a client then retries).
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What [`Broker::hand_over`] did.
+#[derive(Debug)]
+pub enum HandOver {
+    /// Here is the session's state; it is forgotten here.
+    Now(Box<SessionHandover>),
+    /// A request of the session is being processed: the state follows when it is done.
+    Later,
+    /// This node does not serve the session.
+    Absent,
+}
+
+/// A request of a session being processed (see [`Broker::find_or_claim`]); dropping it
+/// completes a handover promised meanwhile.
+pub(super) struct InFlight {
+    broker: Broker,
+    session: Arc<Session>,
+    /// Whether it counts in the session's `in_flight` (only on an engine that shares
+    /// sessions).
+    counted: bool,
+}
+
+impl InFlight {
+    /// The session the request acts for.
+    pub(super) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let to = {
+            let mut state = self.session.lock();
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                state.handover_to.take()
+            } else {
+                None
+            }
+        };
+        if let Some(to) = to {
+            let state = self.broker.release(&self.session);
+            let engine = &self.broker.shared.engine;
+            engine.send_handover(&self.session.client_id, &to, state);
+        }
+    }
+}
 /// The pause between two claims of a session that is moving.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Broker {
     /// The session `client_id` if this node serves it; otherwise, on an engine that
-    /// shares sessions, claims it from the node that served it. `Ok(None)`: no such
-    /// session in the cluster (or it was lost with its node). `Err`: the engine cannot
-    /// tell now.
+    /// shares sessions, claims it from the node that served it. The request is in flight
+    /// on it until the returned guard is dropped: the session does not move away
+    /// meanwhile. `Ok(None)`: no such session in the cluster (or it was lost with its
+    /// node). `Err`: the engine cannot tell now.
     pub(super) async fn find_or_claim(
         &self,
         client_id: &str,
-    ) -> Result<Option<Arc<Session>>, EngineError> {
-        for _ in 0..CLAIM_ATTEMPTS {
-            if let Some(session) = read(&self.shared.sessions).get(client_id).cloned() {
-                return Ok(Some(session));
+    ) -> Result<Option<InFlight>, EngineError> {
+        let give_up = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        while tokio::time::Instant::now() < give_up {
+            if let Some(found) = self.in_flight_here(client_id) {
+                return Ok(Some(found));
             }
             if !self.shared.engine.shares_sessions() {
                 return Ok(None);
             }
             match self.shared.engine.claim_session(client_id).await? {
-                Claim::TakenOver => return Ok(read(&self.shared.sessions).get(client_id).cloned()),
+                // It may have moved on again already: then it is claimed again.
+                Claim::TakenOver => {}
                 Claim::Unknown => return Ok(None),
                 Claim::Lost => {
                     tracing::info!(%client_id, "session lost with the node that served it");
+                    // Gone for good, cluster-wide: its listeners hear it here.
+                    self.emit(SessionEvent::Closed {
+                        client_id,
+                        reason: Removal::Expired,
+                    });
                     return Ok(None);
                 }
                 // Another request of the session is moving it (here or elsewhere).
@@ -66,16 +125,72 @@ impl Broker {
         Ok(self.find_or_claim(client_id).await?.is_some())
     }
 
-    /// Gives up session `client_id` to another node: forgets it here without ending it
-    /// and returns its state, or `None` if this node does not serve it.
-    pub fn hand_over(&self, client_id: &str) -> Option<SessionHandover> {
+    /// Gives up session `client_id` to node `to`: forgets it here without ending it and
+    /// returns its state; or, while a request of the session is being processed here,
+    /// promises it for when the last one is done (the engine's `send_handover` then).
+    pub fn hand_over(&self, client_id: &str, to: &str) -> HandOver {
+        let Some(session) = read(&self.shared.sessions).get(client_id).cloned() else {
+            return HandOver::Absent;
+        };
+        {
+            let mut state = session.lock();
+            if state.removed.is_some() {
+                return HandOver::Absent;
+            }
+            if state.in_flight > 0 {
+                state.handover_to = Some(to.into());
+                return HandOver::Later;
+            }
+        }
+        self.release(&session)
+            .map_or(HandOver::Absent, |state| HandOver::Now(Box::new(state)))
+    }
+
+    /// Forgets session `client_id`, which another node claimed while this one was cut
+    /// off from the cluster (its state there wins). Returns whether it was here.
+    pub fn forget_moved(&self, client_id: &str) -> bool {
+        let session = read(&self.shared.sessions).get(client_id).cloned();
+        session.is_some_and(|session| self.release(&session).is_some())
+    }
+
+    /// Session `client_id` if this node serves it (and has not promised it to another
+    /// node), with a request marked in flight on it, on an engine that shares sessions:
+    /// a handover waits until the request is done, so it finds its session as it was.
+    fn in_flight_here(&self, client_id: &str) -> Option<InFlight> {
         let session = read(&self.shared.sessions).get(client_id).cloned()?;
+        let counted = self.shared.engine.shares_sessions();
+        {
+            let mut state = session.lock();
+            if counted {
+                if state.removed.is_some() || state.handover_to.is_some() {
+                    return None;
+                }
+                state.in_flight += 1;
+            }
+        }
+        Some(InFlight {
+            broker: self.clone(),
+            session,
+            counted,
+        })
+    }
+
+    /// Forgets `session` here without ending it and returns its state, with the number of
+    /// the last publish fanned out to it or past it (what the next node adds after).
+    fn release(&self, session: &Arc<Session>) -> Option<SessionHandover> {
+        let client_id = &*session.client_id;
         let (subscriptions, handover) = {
             let mut state = session.lock();
             if state.removed.is_some() {
                 return None;
             }
             state.removed = Some(Removal::Moved);
+            state.handover_to = None;
+            // Publishes up to `engine_seq` were fanned out whole; one being fanned out now
+            // either reached this session (its `last_seq`) or will skip it, removed.
+            let cursor = state
+                .last_seq
+                .max(self.shared.engine_seq.load(Ordering::Relaxed));
             let mut queue = Vec::new();
             state.outbox.queue.drain_into(&mut queue);
             if state.outbox.has_reader() {
@@ -98,11 +213,11 @@ impl Broker {
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .collect(),
                 ack: state.ack.as_deref().map(|ack| ack.export(true)),
-                cursor: 0,
+                cursor,
             };
             (subscriptions, handover)
         };
-        self.forget_session(&session, &subscriptions, Removal::Moved);
+        self.forget_session(session, &subscriptions, Removal::Moved);
         tracing::debug!(%client_id, "session handed over to another node");
         Some(handover)
     }
@@ -112,6 +227,13 @@ impl Broker {
     /// queue is the handed one followed by those of `since` that match its
     /// subscriptions, each once.
     pub fn take_over(&self, handover: SessionHandover, since: &[Publish<'_>]) {
+        let stale = read(&self.shared.sessions)
+            .get(handover.client_id.as_str())
+            .cloned();
+        if let Some(stale) = stale {
+            // A copy left from before this node was cut off: the handed state wins.
+            self.release(&stale);
+        }
         let config = &self.shared.config;
         let now = self.now_ms();
         let identity = handover

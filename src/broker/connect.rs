@@ -6,6 +6,9 @@
 //! wakes it. A connect batched with other messages is never held, but otherwise takes the
 //! same steps: [`Broker::open_connect`] first, the delivery interval, then
 //! `connect_answer`.
+//!
+//! Faye's `eventsource` connect (over HTTP, while its stream reads the outbox) is answered
+//! at once and neither supersedes the stream nor takes its deliveries (`beside_stream`).
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -58,8 +61,9 @@ enum Step {
 
 impl Broker {
     /// Answers a `/meta/connect` that came alone: at once when it is the session's first,
-    /// asks for no hold, must re-send unacknowledged batches, or finds deliveries queued;
-    /// otherwise held until something wakes it or its timeout passes.
+    /// asks for no hold, is Faye's `eventsource` connect, must re-send unacknowledged
+    /// batches, or finds deliveries queued; otherwise held until something wakes it or its
+    /// timeout passes.
     pub(super) async fn connect(
         &self,
         session: &Arc<Session>,
@@ -75,6 +79,7 @@ impl Broker {
             };
             let answer_now = first
                 || hold == 0
+                || self.beside_stream(&state, message)
                 || state.ack.as_deref().is_some_and(AckState::has_unacked)
                 || self.shared.shutting_down.load(Ordering::SeqCst);
             let wait = self.delivery_wait(&state, hold, true);
@@ -172,7 +177,11 @@ impl Broker {
             .iter()
             .map(|message| self.connect_reply(session, &mut state, message, ending))
             .collect();
-        if state.removed.is_none() {
+        let streamed = connects.iter().any(|m| self.beside_stream(&state, m));
+        if streamed && state.outbox.has_reader() {
+            // The session's EventSource stream takes them.
+            state.outbox.wake_for_delivery();
+        } else if state.removed.is_none() {
             self.write_connect_deliveries(&mut state, out);
         }
         replies
@@ -202,20 +211,46 @@ impl Broker {
             reply.advice = Some(Advice::HANDSHAKE);
             return Err(reply.encode());
         }
+        // A socket's connect takes delivery over, as a newer connection does.
+        let beside_stream = transport != Transport::WebSocket && self.beside_stream(state, message);
+        let transport = if beside_stream {
+            Transport::EventSource
+        } else {
+            transport
+        };
         if state.transport != transport {
             // Faye and aiocometd handshake over HTTP, then connect over a socket.
             metrics.session_closed(state.transport);
             metrics.session_opened(transport);
             state.transport = transport;
         }
-        // A reload's browser slot is freed first, so it is not taken for a second tab.
-        self.release_browser_slot(state.outbox.supersede().as_deref());
+        // A reload's browser slot is freed first, so it is not taken for a second tab. An
+        // eventsource connect leaves the stream reading.
+        if !beside_stream {
+            self.release_browser_slot(state.outbox.supersede().as_deref());
+        }
         if let (Some(ack), Some(batch)) =
             (state.ack.as_mut(), extensions::acknowledged_batch(message))
         {
             ack.acknowledge(batch);
         }
         Ok(!std::mem::replace(&mut state.connected, true))
+    }
+
+    /// Whether `message` is a connect beside an EventSource stream: Faye's `eventsource`
+    /// connect, or any HTTP connect while the session's stream reads the outbox (Faye sends
+    /// long-polling connects until its stream has opened). Answered at once as Faye does:
+    /// advice `interval` = the server's `timeout`, `timeout: 0`; leaving the stream as the
+    /// reader and the deliveries to it. Not when the transport is off, nor for a session
+    /// whose deliveries must ride on connect replies (ack extension, callback-polling): its
+    /// connect is an ordinary one, held. The stream is the reader when the session's
+    /// transport is eventsource (only a stream and these connects set it) and one reads.
+    fn beside_stream(&self, state: &SessionState, message: &Message) -> bool {
+        let stream_reads = state.transport == Transport::EventSource && state.outbox.has_reader();
+        (message.eventsource || stream_reads)
+            && state.ack.is_none()
+            && !state.connect_only
+            && self.shared.connection_types.contains(&"eventsource")
     }
 
     /// Records what a reply is about to take from `queue`: its depth, and how long its
@@ -278,7 +313,10 @@ impl Broker {
     ) -> ReplyBatch {
         let reply = self.connect_reply(session, state, message, ending);
         let mut messages = Vec::with_capacity(state.outbox.queue.len() + 1);
-        self.write_connect_deliveries(state, &mut messages);
+        // An eventsource connect leaves the deliveries to the stream, if one reads.
+        if !(self.beside_stream(state, message) && state.outbox.has_reader()) {
+            self.write_connect_deliveries(state, &mut messages);
+        }
         messages.push(reply);
         ReplyBatch {
             messages,
@@ -324,6 +362,19 @@ impl Broker {
         self.shared.metrics.connect(MetricOutcome::Ok);
         let mut reply = Reply::to(message);
         match ending {
+            Ending::Open if self.beside_stream(state, message) => {
+                // Faye's advice: the next connect after the hold the stream stands for, not
+                // held itself; the session lives until then plus maxInterval.
+                reply.advice = Some(Advice::retry(config.timeout, 0));
+                let dropped = state.outbox.queue.take_dropped();
+                if dropped > 0 {
+                    reply.add_ext("halley", serde_json::json!({ "dropped": dropped }));
+                }
+                if !state.outbox.has_reader() {
+                    let at = self.now_ms() + config.timeout + config.max_interval;
+                    session.set_deadline(at);
+                }
+            }
             Ending::Open => {
                 reply.advice = Some(Advice::retry(config.interval, config.timeout));
                 if let Some(ack) = state.ack.as_mut() {
@@ -377,7 +428,8 @@ impl Drop for HeldGuard<'_> {
 
 /// A `/meta/connect` held over a push transport (a WebSocket): the socket is the
 /// session's outbox reader until the connect is answered, and deliveries that arrive
-/// meanwhile go out at once as their own frames ([`PushConnect::take_deliveries`]).
+/// meanwhile go out at once as their own frames ([`PushConnect::woken`]). An EventSource
+/// stream is the same reader with no connect to answer ([`Broker::open_stream`]).
 /// Dropping it (the socket closed) detaches it, and the session starts ageing towards
 /// expiry; a superseded one is simply never answered.
 pub(crate) struct PushConnect {
@@ -385,7 +437,8 @@ pub(crate) struct PushConnect {
     session: Arc<Session>,
     attachment: Attachment,
     /// The connect, for its reply; boxed, since a socket holds this while it idles.
-    message: Box<Message>,
+    /// `None` for an EventSource stream, which answers no connect.
+    message: Option<Box<Message>>,
     /// When the hold runs out and the connect is answered.
     deadline: tokio::time::Instant,
 }
@@ -440,8 +493,60 @@ impl Broker {
             broker: self.clone(),
             session: session.clone(),
             attachment,
-            message: Box::new(message.clone()),
+            message: Some(Box::new(message.clone())),
             deadline: tokio::time::Instant::now() + Duration::from_millis(hold),
+        })
+    }
+}
+
+impl Broker {
+    /// Opens Faye's EventSource stream for session `client_id`: the stream becomes the
+    /// session's outbox reader for as long as it is open (a [`PushConnect`] that answers
+    /// no connect, never runs out, and is superseded by a newer stream or a WebSocket
+    /// connect; HTTP connects are answered beside it). While it reads, the session does not
+    /// expire; once it is dropped, the session has `timeout` + `maxInterval` (its client
+    /// connects every `timeout`).
+    pub(crate) async fn open_stream(
+        &self,
+        client_id: &str,
+        ctx: &RequestContext,
+    ) -> Result<PushConnect, BayeuxError> {
+        // On a cluster the stream's node serves the session from now on.
+        let session = self
+            .find_or_claim(client_id)
+            .await
+            .map_err(|_| BayeuxError::ServerUnavailable)?
+            .map(|found| found.session().clone())
+            .filter(|s| self.cookie_matches(s, ctx))
+            .ok_or(BayeuxError::SessionUnknown)?;
+        let mut state = session.lock();
+        if state.removed.is_some() {
+            return Err(BayeuxError::SessionUnknown);
+        }
+        // Its deliveries must ride on connect replies (ack extension, callback-polling).
+        if state.ack.is_some() || state.connect_only {
+            return Err(BayeuxError::ConnectionTypeMismatch("eventsource".into()));
+        }
+        if state.transport != Transport::EventSource {
+            let metrics = &self.shared.metrics;
+            metrics.session_closed(state.transport);
+            metrics.session_opened(Transport::EventSource);
+            state.transport = Transport::EventSource;
+        }
+        let (attachment, previous) = state.outbox.attach(None);
+        self.release_browser_slot(previous.as_deref());
+        // What was queued before the stream opened goes out on it at once.
+        state.outbox.wake_for_delivery();
+        session.set_deadline(u64::MAX);
+        self.shared.metrics.connect_held();
+        drop(state);
+        Ok(PushConnect {
+            broker: self.clone(),
+            session,
+            attachment,
+            message: None,
+            // Never answered, so never due; a year stands for that without overflowing.
+            deadline: tokio::time::Instant::now() + Duration::from_secs(365 * 86_400),
         })
     }
 }
@@ -481,19 +586,23 @@ impl PushConnect {
     }
 
     /// Answers the connect: the queued deliveries and the reply, with the advice the
-    /// session's state calls for (after an ack session's checkpoint).
+    /// session's state calls for (after an ack session's checkpoint). A stream has no
+    /// connect: it just detaches (an empty batch).
     pub async fn answer(self) -> ReplyBatch {
         let reply = {
             let mut state = self.session.lock();
             self.broker
                 .release_held(&self.session, &mut state, self.attachment);
+            let Some(message) = &self.message else {
+                return ReplyBatch::default();
+            };
             let ending = if self.broker.is_shutting_down() && state.removed.is_none() {
                 Ending::Drain
             } else {
                 Ending::after(state.removed)
             };
             self.broker
-                .connect_answer(&self.session, &mut state, &self.message, ending)
+                .connect_answer(&self.session, &mut state, message, ending)
         };
         if self.session.is_ack() {
             Box::pin(self.broker.checkpoint(&self.session)).await;
@@ -506,7 +615,15 @@ impl Drop for PushConnect {
     fn drop(&mut self) {
         self.broker.shared.metrics.connect_released();
         let mut state = self.session.lock();
+        let stream_closed = self.message.is_none() && state.outbox.is_reader(self.attachment);
         self.broker
             .release_held(&self.session, &mut state, self.attachment);
+        if stream_closed && state.removed.is_none() {
+            // Its client was told to connect every `timeout` (a connect answered while the
+            // stream read set no deadline): it has that long, plus maxInterval.
+            let config = &self.broker.shared.config;
+            let at = self.broker.now_ms() + config.timeout + config.max_interval;
+            self.session.set_deadline(at);
+        }
     }
 }

@@ -43,6 +43,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use cluster::HandOver;
+use cluster::InFlight;
 pub use lifecycle::ExtendError;
 pub use local::LocalSession;
 pub use policy::{
@@ -376,13 +378,18 @@ impl Broker {
     pub async fn handle(&self, mut batch: Vec<Message>, ctx: &RequestContext) -> Outcome {
         // Boxed: a held connect's future must not carry the claim's or the handshake's
         // state, which is over before the connect is held.
-        let (session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
+        let (in_flight, session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
             Ok(prepared) => prepared,
             Err(handshake) => return Outcome::Reply(handshake),
         };
         let outcome = match lone_connect(&batch, session.as_ref(), &deleted) {
-            Some((session, connect)) => self.connect(session, connect, ctx).await,
+            Some((session, connect)) => {
+                // A held connect does not keep its session from moving to another node.
+                drop(in_flight);
+                self.connect(session, connect, ctx).await
+            }
             None => {
+                let _in_flight = in_flight;
                 // Boxed: a held connect's future must not carry the batch path's state.
                 let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
                 Outcome::Reply(batch.await)
@@ -402,16 +409,20 @@ impl Broker {
         mut batch: Vec<Message>,
         ctx: &RequestContext,
     ) -> (Option<ReplyBatch>, Option<PushConnect>) {
-        let (session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
+        let (in_flight, session, deleted) = match Box::pin(self.prepare(&mut batch, ctx)).await {
             Ok(prepared) => prepared,
             Err(handshake) => return (Some(handshake), None),
         };
         let answered = match lone_connect(&batch, session.as_ref(), &deleted) {
-            Some((session, connect)) => match self.connect_pushed(session, connect) {
-                Ok(reply) => (Some(reply), None),
-                Err(held) => (None, Some(held)),
-            },
+            Some((session, connect)) => {
+                drop(in_flight);
+                match self.connect_pushed(session, connect) {
+                    Ok(reply) => (Some(reply), None),
+                    Err(held) => (None, Some(held)),
+                }
+            }
             None => {
+                let _in_flight = in_flight;
                 let reply = self
                     .process_batch(&batch, session.as_ref(), ctx, &deleted)
                     .await;
@@ -426,13 +437,13 @@ impl Broker {
 
     /// What every batch goes through first: receipt times for timesync, the handshake
     /// (answered here: `Err`), the batch's session (claimed from another node of the
-    /// cluster if need be; `Err` when the engine cannot say) and the incoming hooks (which
-    /// messages they deleted).
+    /// cluster if need be, with the request in flight on it; `Err` when the engine cannot
+    /// say) and the incoming hooks (which messages they deleted).
     async fn prepare(
         &self,
         batch: &mut Vec<Message>,
         ctx: &RequestContext,
-    ) -> Result<(Option<Arc<Session>>, Vec<bool>), ReplyBatch> {
+    ) -> Result<(Option<InFlight>, Option<Arc<Session>>, Vec<bool>), ReplyBatch> {
         if batch.iter().any(|m| m.ext.is_some()) {
             let now = epoch_ms();
             for message in batch.iter_mut().filter(|m| m.ext.is_some()) {
@@ -457,9 +468,9 @@ impl Broker {
             }
             return Err(self.handshake(&handshake[0], ctx).await);
         }
-        let session = match batch.first().and_then(|m| m.client_id.as_deref()) {
+        let in_flight = match batch.first().and_then(|m| m.client_id.as_deref()) {
             Some(id) => match self.find_or_claim(id).await {
-                Ok(session) => session.filter(|s| self.cookie_matches(s, ctx)),
+                Ok(found) => found.filter(|f| self.cookie_matches(f.session(), ctx)),
                 Err(error) => {
                     tracing::warn!(%error, client_id = id, "session not claimable now");
                     return Err(self.unavailable(batch));
@@ -467,6 +478,7 @@ impl Broker {
             },
             None => None,
         };
+        let session = in_flight.as_ref().map(|f| f.session().clone());
         // A session whose token expired ends before it acts again; a lone connect is told
         // why (`open_connect`), anything else finds no session.
         // Unbound sessions (`u64::MAX`) skip the clock read.
@@ -481,7 +493,7 @@ impl Broker {
         }
         let session =
             session.filter(|s| !token_expired || lone_connect(batch, Some(s), &deleted).is_some());
-        Ok((session, deleted))
+        Ok((in_flight, session, deleted))
     }
 
     fn emit(&self, event: SessionEvent<'_>) {

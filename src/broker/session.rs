@@ -39,6 +39,11 @@ pub(crate) struct SessionState {
     /// The engine's number of the last publish queued for it (0 when the engine does not
     /// number publishes): where its ack batches end.
     pub last_seq: u64,
+    /// Requests of the session being processed now (a held connect is not one).
+    pub in_flight: u16,
+    /// The node the session was promised to while requests were in flight; it moves
+    /// there when the last is done.
+    pub handover_to: Option<Box<str>>,
 }
 
 /// Who the security policy authenticated, and until when the session may live.
@@ -106,6 +111,8 @@ impl Session {
                 delivered_at: None,
                 transport: Transport::default(),
                 last_seq: 0,
+                in_flight: 0,
+                handover_to: None,
             }),
         }
     }

@@ -27,6 +27,19 @@ impl Broker {
         }
     }
 
+    /// A client's subscribe: as [`Broker::subscribe`], but never to the server's own
+    /// channels (in-process sessions may).
+    pub(super) fn subscribe_client(
+        &self,
+        message: &Message,
+        session: &Arc<Session>,
+    ) -> Result<(), BayeuxError> {
+        if let Some(reserved) = Self::patterns(message)?.iter().find(|p| p.is_reserved()) {
+            return Err(BayeuxError::SubscribeDenied(reserved.as_str().to_string()));
+        }
+        self.subscribe(message, session)
+    }
+
     /// Subscribes `session` to every pattern of `message`, all or nothing.
     pub(super) fn subscribe(
         &self,

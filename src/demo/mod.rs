@@ -5,6 +5,11 @@
 //! closed tab never says goodbye): `/service/chat/join` and `/service/chat/leave` record
 //! membership, a closed session leaves every room, and each change is published on
 //! `/chat/<room>/members`.
+//!
+//! On a cluster whose sessions move between nodes, every node keeps every room: each
+//! change is also published on [`PRESENCE`] (a channel of the server's own, see
+//! [`crate::protocol::channel::RESERVED`]) and applied by the other nodes. Members are
+//! known there by a hash of their clientId, never the id itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -100,13 +105,27 @@ fn javascript(text: &'static str) -> Response {
         .into_response()
 }
 
-/// Room name → (clientId → member name).
+/// Where the nodes of a cluster tell each other about presence changes.
+pub const PRESENCE: &str = "/halley/presence";
+
+/// Room name → (member key → member name).
 type Rooms = HashMap<String, BTreeMap<String, String>>;
+
+/// The key a member is known by: a hash of its clientId, which must not be published.
+fn member_key(client_id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    client_id.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
 
 /// Registers the presence service on `broker`.
 pub fn install(broker: &Broker) {
     let rooms: Arc<Mutex<Rooms>> = Arc::default();
     let weak = broker.downgrade();
+    if broker.engine().shares_sessions() {
+        replicate(broker, rooms.clone());
+    }
 
     let (r, w) = (rooms.clone(), weak.clone());
     let join = move |call: &ServiceCall<'_>| -> ServiceReply {
@@ -132,10 +151,15 @@ pub fn install(broker: &Broker) {
                 return ServiceReply::Failure(json!({"error": "too many rooms"}));
             }
             let members = rooms.entry(room.to_string()).or_default();
-            if !members.contains_key(call.client_id) && members.len() >= MAX_MEMBERS {
+            let member = member_key(call.client_id);
+            if !members.contains_key(&member) && members.len() >= MAX_MEMBERS {
                 return ServiceReply::Failure(json!({"error": "room is full"}));
             }
-            members.insert(call.client_id.to_string(), name.to_string());
+            members.insert(member.clone(), name.to_string());
+            tell_nodes(
+                &w,
+                json!({"op": "join", "room": room, "member": member, "name": name}),
+            );
             names(members)
         };
         announce(&w, room, &members);
@@ -175,20 +199,85 @@ fn names(members: &BTreeMap<String, String>) -> Vec<String> {
 
 /// Removes `client_id` from `only` or from every room, announcing each change.
 fn leave_rooms(rooms: &Mutex<Rooms>, broker: &WeakBroker, client_id: &str, only: Option<&str>) {
-    let changed: Vec<(String, Vec<String>)> = {
-        let mut rooms = rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let mut changed = Vec::new();
-        rooms.retain(|room, members| {
-            if only.is_none_or(|o| o == room) && members.remove(client_id).is_some() {
-                changed.push((room.clone(), names(members)));
-            }
-            !members.is_empty()
-        });
-        changed
-    };
-    for (room, members) in changed {
+    let member = member_key(client_id);
+    tell_nodes(
+        broker,
+        json!({"op": "leave", "room": only, "member": member}),
+    );
+    for (room, members) in remove_member(rooms, &member, only) {
         announce(broker, &room, &members);
     }
+}
+
+/// Removes `member` from `only` or from every room; returns the rooms that changed, with
+/// their members now.
+fn remove_member(
+    rooms: &Mutex<Rooms>,
+    member: &str,
+    only: Option<&str>,
+) -> Vec<(String, Vec<String>)> {
+    let mut rooms = rooms.lock().unwrap_or_else(|p| p.into_inner());
+    let mut changed = Vec::new();
+    rooms.retain(|room, members| {
+        if only.is_none_or(|o| o == room) && members.remove(member).is_some() {
+            changed.push((room.clone(), names(members)));
+        }
+        !members.is_empty()
+    });
+    changed
+}
+
+/// Tells the other nodes of a cluster about a presence change (nothing on one node).
+fn tell_nodes(broker: &WeakBroker, mut change: Value) {
+    let Some(broker) = broker.upgrade().filter(|b| b.engine().shares_sessions()) else {
+        return;
+    };
+    change["node"] = broker.node_id().into();
+    if let Err(error) = broker.publish(PRESENCE, &change) {
+        tracing::warn!(%error, "presence change not sent to the other nodes");
+    }
+}
+
+/// Applies the other nodes' presence changes to this node's rooms, for as long as the
+/// broker lives. The node that made a change announced it already.
+fn replicate(broker: &Broker, rooms: Arc<Mutex<Rooms>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!("presence is not replicated: no tokio runtime");
+        return;
+    };
+    let mut listener = broker.open_local_session(None);
+    if let Err(error) = listener.subscribe(PRESENCE) {
+        tracing::error!(%error, "presence is not replicated");
+        return;
+    }
+    let node = broker.node_id().to_string();
+    runtime.spawn(async move {
+        while let Some(changes) = listener.receive().await {
+            for change in changes.iter().map(|m| &m["data"]) {
+                if change["node"].as_str() == Some(&node) {
+                    continue;
+                }
+                let text = |field: &str| change[field].as_str().unwrap_or_default();
+                match text("op") {
+                    "join" if valid_room(text("room")) => {
+                        let mut rooms = rooms.lock().unwrap_or_else(|p| p.into_inner());
+                        if rooms.len() < MAX_ROOMS || rooms.contains_key(text("room")) {
+                            let members = rooms.entry(text("room").to_string()).or_default();
+                            if members.len() < MAX_MEMBERS {
+                                let name: String = text("name").chars().take(MAX_NAME).collect();
+                                members.insert(text("member").to_string(), name);
+                            }
+                        }
+                    }
+                    "leave" => {
+                        let only = change["room"].as_str();
+                        remove_member(&rooms, text("member"), only);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
 }
 
 fn announce(broker: &WeakBroker, room: &str, members: &[String]) {

@@ -200,6 +200,11 @@ pub trait Engine: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Sends the state of session `client_id` to node `to`, which claimed it while a
+    /// request of it was being processed here (`None`: it is not here after all). Does
+    /// not wait.
+    fn send_handover(&self, _client_id: &str, _to: &str, _state: Option<SessionHandover>) {}
+
     /// Forgets a session that ended on this node. Does not wait.
     fn end_session(&self, _client_id: &str) {}
 

@@ -30,9 +30,11 @@
 //!
 //! Keys (all under the configured prefix; `{bus}` is a hash tag, so a Redis Cluster keeps
 //! the publish script's keys in one slot): `{bus}:seq`, `{bus}:log`, the pub/sub channel
-//! `{bus}:live`, each node's control channel `{bus}:ctl:<node>` and heartbeat key
-//! `{bus}:node:<node>` (expiring five seconds after the node's last beat), and the set
-//! of nodes `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
+//! `{bus}:live`, each node's figures `{bus}:node:<node>` and, per run of a node
+//! (`<node>/<run>`: a node restarted under the same id is another owner), its control
+//! channel `{bus}:ctl:<node>/<run>` and liveness key `{bus}:alive:<node>/<run>` (both
+//! keys expire five seconds after the node's last beat), and the set of nodes
+//! `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
 //! `{s:<clientId>}:claim` (the claim lock), expiring unless the serving node refreshes
 //! them.
 
@@ -50,7 +52,7 @@ use super::{
     Claim, Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish,
     SessionHandover,
 };
-use crate::broker::WeakBroker;
+use crate::broker::{HandOver, WeakBroker};
 use crate::config::ConfigError;
 
 /// Entries the log keeps (about: it is trimmed with `MAXLEN ~`). A node that misses more
@@ -90,8 +92,9 @@ return 1
 "#;
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
-/// live (ms), heartbeat key prefix, control channel prefix, lock time (ms), clientId.
-/// Returns `unknown`, `busy`, `moving` (the serving node was asked for the state),
+/// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId.
+/// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
+/// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
 /// the log) or `lost` (no live node serves it, and it has no checkpoint).
 const CLAIM_SCRIPT: &str = r#"
@@ -100,11 +103,11 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then return 'bus
 local previous = redis.call('HGET', KEYS[1], 'owner')
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
   redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1])
-  return 'moving'
+  return 'moving\n' .. (checkpoint or '')
 end
-local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if checkpoint then return 'recover\n' .. checkpoint end
 return 'lost'
 "#;
@@ -134,11 +137,12 @@ redis.call('PUBLISH', KEYS[3], seq .. '\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n'
 return seq
 "#;
 
-/// A node's beat: its figures under its heartbeat key, its id in the set of nodes, and
-/// the probe on its own control channel. KEYS: nodes set, node key, control channel.
-/// ARGV: node id, figures (JSON), time to live (ms).
+/// A node's beat: its figures under its heartbeat key, its id in the set of nodes, this
+/// run's liveness key, and the probe on its own control channel. KEYS: nodes set, node
+/// key, control channel, liveness key. ARGV: node id, figures (JSON), time to live (ms).
 const HEARTBEAT_SCRIPT: &str = r#"
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], 'probe')
 return 1
@@ -195,6 +199,11 @@ struct NodeKeys {
     heartbeat: String,
     control: String,
     control_prefix: String,
+    /// What session records name as their node: the node's id and this run's.
+    owner: Box<str>,
+    /// This run's liveness key, and the prefix of all of them.
+    alive: String,
+    alive_prefix: String,
     /// What session keys start with: `<prefix>{s:`.
     session_prefix: String,
     /// How long a session record lives unrefreshed, ms.
@@ -284,6 +293,10 @@ impl Engine for RedisEngine {
         let config = node.config();
         // Refreshed every third of it, and never shorter than a session may be silent.
         let session_ttl = (config.interval + config.max_interval).max(10_000) + NODE_TTL_MS;
+        // Sessions belong to this run of the node: one restarted under the same id does
+        // not pass for the one that served them.
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("{id}/{}", &run[..8]);
         let keys = NodeKeys {
             id: id.into(),
             seq: format!("{bus}:seq"),
@@ -292,7 +305,10 @@ impl Engine for RedisEngine {
             nodes: format!("{bus}:nodes"),
             node_prefix: format!("{bus}:node:"),
             heartbeat: format!("{bus}:node:{id}"),
-            control: format!("{bus}:ctl:{id}"),
+            control: format!("{bus}:ctl:{owner}"),
+            owner: owner.as_str().into(),
+            alive: format!("{bus}:alive:{owner}"),
+            alive_prefix: format!("{bus}:alive:"),
             control_prefix: format!("{bus}:ctl:"),
             session_prefix: format!("{}{{s:", self.shared.prefix),
             session_ttl,
@@ -369,7 +385,7 @@ impl Engine for RedisEngine {
                     .arg(CREATE_SCRIPT)
                     .arg(1)
                     .arg(keys.session(&client_id))
-                    .arg(&*keys.id)
+                    .arg(&*keys.owner)
                     .arg(keys.session_ttl)
                     .query_async::<()>(&mut connection),
             )
@@ -397,13 +413,17 @@ impl Engine for RedisEngine {
                     .arg(CHECKPOINT_SCRIPT)
                     .arg(1)
                     .arg(keys.session(&state.client_id))
-                    .arg(&*keys.id)
+                    .arg(&*keys.owner)
                     .arg(checkpoint)
                     .arg(keys.session_ttl)
                     .query_async::<()>(&mut connection),
             )
             .await
         })
+    }
+
+    fn send_handover(&self, client_id: &str, to: &str, state: Option<SessionHandover>) {
+        send_state(&self.shared, client_id, to, state.as_ref());
     }
 
     fn end_session(&self, client_id: &str) {
@@ -473,14 +493,30 @@ impl Shared {
 
     /// Claims session `client_id` for this node (see the module's doc).
     async fn claim(&self, client_id: &str) -> Result<Claim, EngineError> {
-        let keys = self.keys()?;
-        let mut connection = self.connection()?;
         // Waiting before asking: the state may arrive before the script's answer does.
         let (arrived, state) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.contains_key(client_id) {
+                return Ok(Claim::Busy); // Another request of it is claiming it here.
+            }
+            waiting.insert(client_id.into(), arrived);
+        }
+        let outcome = self.claim_once(client_id, state).await;
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.into(), arrived);
+            .remove(client_id);
+        outcome
+    }
+
+    async fn claim_once(
+        &self,
+        client_id: &str,
+        state: oneshot::Receiver<bool>,
+    ) -> Result<Claim, EngineError> {
+        let keys = self.keys()?;
+        let mut connection = self.connection()?;
         let session = keys.session(client_id);
         let claim = keys.claim(client_id);
         let answer: Result<String, EngineError> = with_timeout(
@@ -489,36 +525,42 @@ impl Shared {
                 .arg(2)
                 .arg(&session)
                 .arg(&claim)
-                .arg(&*keys.id)
+                .arg(&*keys.owner)
                 .arg(keys.session_ttl)
-                .arg(&keys.node_prefix)
+                .arg(&keys.alive_prefix)
                 .arg(&keys.control_prefix)
                 .arg(CLAIM_LOCK_MS)
                 .arg(client_id)
                 .query_async(&mut connection),
         )
         .await;
+        let checkpoint = |text: &str| serde_json::from_str::<SessionHandover>(text).ok();
         let outcome = match answer.as_deref() {
-            Ok("moving") => match tokio::time::timeout(HANDOVER_TIMEOUT, state).await {
-                Ok(Ok(true)) => Ok(Claim::TakenOver),
-                _ => Ok(Claim::Lost),
-            },
+            Ok(answer) if answer.starts_with("moving\n") => {
+                let saved = checkpoint(&answer["moving\n".len()..]);
+                match (tokio::time::timeout(HANDOVER_TIMEOUT, state).await, saved) {
+                    (Ok(Ok(true)), _) => Ok(Claim::TakenOver),
+                    // Its node answered without it (restarted, or the state came too late
+                    // to complete): an ack session is rebuilt from its checkpoint.
+                    (Ok(_), Some(saved)) => Ok(self.rebuild(saved).await),
+                    // Its node did not answer: dead, or cut off from Redis and about to stop
+                    // serving. An ack session waits for its heartbeat to expire, then is
+                    // rebuilt; the claim is given up meanwhile.
+                    (Err(_), Some(_)) => Ok(Claim::Busy),
+                    (_, None) => Ok(Claim::Lost),
+                }
+            }
             Ok(answer) if answer.starts_with("recover\n") => {
-                let checkpoint = serde_json::from_str(&answer["recover\n".len()..]);
-                match checkpoint {
-                    Ok(state) => Ok(self.rebuild(state).await),
-                    Err(_) => Ok(Claim::Lost),
+                match checkpoint(&answer["recover\n".len()..]) {
+                    Some(saved) => Ok(self.rebuild(saved).await),
+                    None => Ok(Claim::Lost),
                 }
             }
             Ok("unknown") => Ok(Claim::Unknown),
-            Ok("busy") => Ok(Claim::Busy),
+            Ok("busy") => return Ok(Claim::Busy),
             Ok(_) => Ok(Claim::Lost),
             Err(error) => Err(error.clone()),
         };
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
         match outcome {
             Ok(Claim::Lost) => {
                 let _ = with_timeout(
@@ -529,7 +571,7 @@ impl Shared {
                 )
                 .await;
             }
-            Ok(Claim::TakenOver) => {
+            Ok(Claim::TakenOver | Claim::Busy) => {
                 let _ = with_timeout(
                     redis::cmd("DEL")
                         .arg(&claim)
@@ -649,10 +691,11 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
             with_timeout(
                 redis::cmd("EVAL")
                     .arg(HEARTBEAT_SCRIPT)
-                    .arg(3)
+                    .arg(4)
                     .arg(&keys.nodes)
                     .arg(&keys.heartbeat)
                     .arg(&keys.control)
+                    .arg(&keys.alive)
                     .arg(&*keys.id)
                     .arg(figures)
                     .arg(NODE_TTL_MS)
@@ -837,11 +880,12 @@ fn control(
     match kind {
         Some(b"handover") => {
             let Some(to) = text(rest) else { return };
-            let state = node.hand_over(client_id).map(|mut state| {
-                state.cursor = cursor;
-                serde_json::to_string(&state).unwrap_or_default()
-            });
-            send_state(shared, client_id, to, state.unwrap_or_default());
+            let state = match node.hand_over(client_id, to) {
+                HandOver::Now(state) => Some(*state),
+                HandOver::Absent => None,
+                HandOver::Later => return, // Sent when its requests here are done.
+            };
+            send_state(shared, client_id, to, state.as_ref());
         }
         Some(b"handed") => {
             let waiter = shared
@@ -876,9 +920,12 @@ fn control(
     }
 }
 
-/// Sends the state of `client_id` (JSON; empty when this node does not have it) to the
-/// node that claimed it. Does not wait.
-fn send_state(shared: &Shared, client_id: &str, to: &str, state: String) {
+/// Sends the state of `client_id` (`None` when this node does not have it) to the node
+/// that claimed it. Does not wait.
+fn send_state(shared: &Shared, client_id: &str, to: &str, state: Option<&SessionHandover>) {
+    let state = state.map_or_else(String::new, |s| {
+        serde_json::to_string(s).unwrap_or_default()
+    });
     let (Ok(keys), Ok(mut connection)) = (shared.keys(), shared.connection()) else {
         return;
     };
@@ -913,8 +960,8 @@ async fn drop_claimed(
         for (id, owner) in chunk.iter().zip(owners) {
             // No record at all: an in-process session, or one declared lost, which its
             // client no longer uses; it expires here by itself.
-            let elsewhere = owner.is_some_and(|owner| *owner != *keys.id);
-            if elsewhere && node.hand_over(id).is_some() {
+            let elsewhere = owner.is_some_and(|owner| *owner != *keys.owner);
+            if elsewhere && node.forget_moved(id) {
                 tracing::info!(client_id = %id, "session served elsewhere since this node was cut off; forgotten here");
             }
         }

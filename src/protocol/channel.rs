@@ -49,7 +49,14 @@ pub enum PublishChannelError {
     /// client publishes to them.
     #[error("a /service/ channel is never broadcast; publish to a broadcast channel")]
     Service,
+    /// A client publish to one of the server's own channels.
+    #[error("channels under /halley/ are the server's own")]
+    Reserved,
 }
+
+/// The server's own channels (the demo's presence between nodes): clients may neither
+/// publish nor subscribe to them by name.
+pub const RESERVED: &str = "/halley/";
 
 /// Who publishes, which decides whether `/service/` channels are allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +150,14 @@ impl<'a> ChannelName<'a> {
         match (channel.class, by) {
             (ChannelClass::Meta, _) => Err(PublishChannelError::Meta),
             (ChannelClass::Service, Publisher::Server) => Err(PublishChannelError::Service),
+            (_, Publisher::Session) if channel.is_reserved() => Err(PublishChannelError::Reserved),
             _ => Ok(channel),
         }
+    }
+
+    /// Whether it is one of the server's own channels ([`RESERVED`]).
+    pub fn is_reserved(&self) -> bool {
+        self.name.starts_with(RESERVED)
     }
 
     /// The name as it arrived.

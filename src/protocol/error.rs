@@ -72,6 +72,10 @@ pub enum BayeuxError {
     /// A server-side service handler failed while handling the message.
     #[error("500::handler_failed")]
     HandlerFailed,
+    /// The session cannot use this connection type (an EventSource stream for a session
+    /// whose deliveries ride on connect replies). Faye's code and words.
+    #[error("301:{0}:Connection types not supported")]
+    ConnectionTypeMismatch(String),
 }
 
 impl BayeuxError {
@@ -83,6 +87,7 @@ impl BayeuxError {
             }
             PublishChannelError::Meta => BayeuxError::MetaPublishDenied,
             PublishChannelError::Service => BayeuxError::NotBroadcast(channel.to_string()),
+            PublishChannelError::Reserved => BayeuxError::PublishDenied(channel.to_string()),
         }
     }
 }
@@ -113,6 +118,7 @@ mod tests {
             BayeuxError::SubscribeDenied("/a/b".into()),
             BayeuxError::PublishDenied("/a".into()),
             BayeuxError::MessageDeleted,
+            BayeuxError::ConnectionTypeMismatch("eventsource".into()),
         ] {
             let text = e.to_string();
             let parts: Vec<_> = text.splitn(3, ':').collect();

@@ -22,8 +22,8 @@ pub const BAYEUX_VERSION: &str = "1.0";
 
 /// One inbound Bayeux message, as any client sends it.
 ///
-/// Fields this broker does not act on (`version`, `supportedConnectionTypes`,
-/// `connectionType`, legacy fields) are accepted and ignored.
+/// Fields this broker does not act on (`version`, `supportedConnectionTypes`, legacy
+/// fields) are accepted and ignored; of `connectionType` only `eventsource` matters.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Message {
     /// Mandatory in practice; a message without it gets `400::channel_missing`.
@@ -47,6 +47,68 @@ pub struct Message {
     /// that carry `ext`, for the timesync extension. Never on the wire.
     #[serde(skip)]
     pub received_ms: Option<u64>,
+    /// `connectionType: "eventsource"`: Faye's connect sent over HTTP while its EventSource
+    /// stream takes the deliveries, answered at once. A flag, not the string: every connect
+    /// names its type, and only this one changes what the broker does.
+    #[serde(
+        rename = "connectionType",
+        default,
+        deserialize_with = "is_eventsource"
+    )]
+    pub eventsource: bool,
+}
+
+/// Reads `connectionType` as whether it is `"eventsource"`, without allocating, and
+/// accepting any JSON value there (the field was ignored before, so nothing is refused
+/// for its shape now).
+fn is_eventsource<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct IsEventSource;
+
+    impl<'de> Visitor<'de> for IsEventSource {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a connection type")
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == "eventsource")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+    }
+
+    deserializer.deserialize_any(IsEventSource)
 }
 
 impl Message {
@@ -418,6 +480,21 @@ mod tests {
     fn decodes_arrays_and_single_objects() {
         assert_eq!(parse(r#"[{"channel":"/a"},{"channel":"/b"}]"#).len(), 2);
         assert_eq!(parse(r#" {"channel":"/a","unknown":1}"#).len(), 1);
+    }
+
+    #[test]
+    fn only_the_eventsource_connection_type_is_noted_and_any_shape_is_accepted() {
+        let types = parse(
+            r#"[{"connectionType":"eventsource"},{"connectionType":"event\u0073ource"},
+                {"connectionType":"long-polling"},{},{"connectionType":null},
+                {"connectionType":["eventsource"]},{"connectionType":{"a":[1]}},
+                {"connectionType":7}]"#,
+        );
+        let flags: Vec<bool> = types.iter().map(|m| m.eventsource).collect();
+        assert_eq!(
+            flags,
+            [true, true, false, false, false, false, false, false]
+        );
     }
 
     #[test]

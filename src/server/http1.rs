@@ -250,7 +250,8 @@ enum Written {
     Sent,
     /// It could not be written in time, or the socket failed.
     Failed,
-    /// It went out and handed the connection over (a WebSocket's 101): HTTP ends here.
+    /// It went out and handed the connection over (a WebSocket's 101, an EventSource
+    /// stream's 200): HTTP ends here.
     TakenOver(TakeoverFn),
 }
 
@@ -267,8 +268,12 @@ async fn answer<B: HttpBody>(
         .extensions()
         .get::<Takeover>()
         .and_then(Takeover::take);
-    let close = close && takeover.is_none();
-    let Some((head, body)) = encode_response(response, version, is_head, close).await else {
+    // A takeover that is not a 101 writes the body itself (an EventSource stream) until
+    // it closes the connection: no length, and said to close.
+    let open_ended = takeover.is_some() && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+    let close = (close && takeover.is_none()) || open_ended;
+    let encoded = encode_response(response, version, is_head, close, open_ended).await;
+    let Some((head, body)) = encoded else {
         return Written::Failed;
     };
     if !write_within(stream, &head, &body, limits.write_timeout).await {
@@ -795,12 +800,14 @@ fn expects_continue(headers: &HeaderMap) -> bool {
 
 /// The response as the bytes of its head (status line, the handler's headers, our framing
 /// headers) and its body, written after the head as they are. `None` if the body fails
-/// (no handler here streams one).
+/// (no handler here streams one). `open_ended`: the body follows from the connection's new
+/// owner (a takeover), until it closes, so no length is given.
 async fn encode_response<B: HttpBody>(
     response: Response<B>,
     version: Version,
     is_head: bool,
     close: bool,
+    open_ended: bool,
 ) -> Option<(Vec<u8>, Bytes)> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.ok()?.to_bytes();
@@ -829,7 +836,7 @@ async fn encode_response<B: HttpBody>(
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if !bodiless && !is_head {
+    if !bodiless && !is_head && !open_ended {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -1107,7 +1114,7 @@ mod tests {
             .header("content-length", "999")
             .body(Body::from("[]"))
             .expect("response");
-        let (head, body) = encode_response(response, Version::HTTP_10, false, false)
+        let (head, body) = encode_response(response, Version::HTTP_10, false, false, false)
             .await
             .expect("encoded");
         assert_eq!(

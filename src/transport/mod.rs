@@ -6,6 +6,7 @@
 
 pub mod callback_polling;
 pub mod cors;
+pub mod eventsource;
 pub mod long_polling;
 pub mod websocket;
 
@@ -33,6 +34,7 @@ use crate::protocol::{DecodeError, Message, decode_batch};
 pub fn connection_types(config: &Config) -> Vec<&'static str> {
     [
         Transport::Websocket,
+        Transport::EventSource,
         Transport::LongPolling,
         Transport::CallbackPolling,
     ]
@@ -82,7 +84,8 @@ impl std::fmt::Debug for Takeover {
 
 /// Handles every request to the Bayeux path and anything below it (CometD JS appends
 /// `/handshake`, `/connect`… to the URL): POST is long-polling, GET with a `jsonp`
-/// parameter is callback-polling, other GETs with `message` are long-polling. CORS
+/// parameter is callback-polling, a GET accepting `text/event-stream` opens an
+/// EventSource stream, other GETs with `message` are long-polling; websocket upgrades. CORS
 /// headers are added here for allowed origins.
 ///
 /// The request is taken whole and decoded in a future boxed apart, dropped before the
@@ -136,6 +139,16 @@ async fn read_batch(
         }
         let cookie = browser_cookie(&parts.headers);
         return Err(websocket::upgrade(&broker, &parts, cookie).into_response());
+    }
+    if eventsource::is_request(&parts.method, &parts.headers) {
+        // A 200 whose body is the stream, or refused at once so that Faye falls back.
+        if !broker.config().transports.contains(&Transport::EventSource) {
+            return Err(TransportError::Disabled("eventsource").into_response());
+        }
+        let cookie = browser_cookie(&parts.headers);
+        // Boxed: a held long-poll's future must not carry the stream's opening.
+        let opened = Box::pin(eventsource::open(&broker, &parts, cookie)).await;
+        return Err(opened.into_response());
     }
     let decoded = match axum::body::to_bytes(body, limit).await {
         Ok(body) => decode(parts, &body).map_err(IntoResponse::into_response)?,

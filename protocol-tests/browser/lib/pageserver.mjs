@@ -4,6 +4,7 @@
 //   /cometd-js/*   node_modules/cometd (the CometD 9 ES modules)
 //   /dojo/*        node_modules/dojo   (dojo 1.6 source loader: dojo/dojo.js)
 //   /dojox/*       node_modules/dojox  (dojox 1.6, found by dojo's loader as ../dojox/)
+//   /faye-js/*     node_modules/faye/client (Faye's browser bundle, faye-browser.js)
 // With {proxyPrefix, proxyTarget}, requests whose path is proxyPrefix or starts with proxyPrefix + "/"
 // are forwarded verbatim to proxyTarget (an origin), as a reverse proxy in front of the broker would
 // do, so that a page and the Bayeux URL share this server's origin. With {keepUpstreamOnAbort: true} a
@@ -21,6 +22,7 @@ const MOUNTS = {
     "/cometd-js/": path.join(ROOT, "node_modules", "cometd"),
     "/dojo/": path.join(ROOT, "node_modules", "dojo"),
     "/dojox/": path.join(ROOT, "node_modules", "dojox"),
+    "/faye-js/": path.join(ROOT, "node_modules", "faye", "client"),
 };
 const TYPES = {
     ".html": "text/html;charset=UTF-8",

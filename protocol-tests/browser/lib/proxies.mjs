@@ -44,8 +44,11 @@ function listening(port, ms) {
     });
 }
 
-/** Starts nginx proxying to `brokerPort`; returns {port, origin, urlFor(brokerUrl), output(), stop()}. */
-export async function startNginx(brokerPort, {websocket = false} = {}) {
+/**
+ * Starts nginx proxying to `brokerPort`; returns {port, origin, urlFor(brokerUrl), output(), stop()}. With
+ * `pagesPort`, /pages/ and /faye-js/ go to that page server instead, so that pages share the Bayeux URL's origin.
+ */
+export async function startNginx(brokerPort, {websocket = false, pagesPort = null} = {}) {
     const dir = mkdtempSync(path.join(os.tmpdir(), "halley-nginx-"));
     mkdirSync(path.join(dir, "tmp"));
     const port = await freePort();
@@ -68,6 +71,8 @@ http {
     }
     server {
         listen 127.0.0.1:${port};
+${pagesPort ? `        location /pages/ { proxy_pass http://127.0.0.1:${pagesPort}; }
+        location /faye-js/ { proxy_pass http://127.0.0.1:${pagesPort}; }` : ""}
         location / {
             proxy_pass http://127.0.0.1:${brokerPort};
             proxy_http_version 1.1;
@@ -125,7 +130,7 @@ async function run(bin, args, dir, port) {
  * startHaproxy: HAProxy in HTTP mode as the README configures it for WebSocket (it passes upgrades on by itself;
  * `timeout tunnel` keeps an idle socket open past the client/server timeouts).
  */
-export async function startHaproxy(brokerPort) {
+export async function startHaproxy(brokerPort, {pagesPort = null} = {}) {
     const dir = mkdtempSync(path.join(os.tmpdir(), "halley-haproxy-"));
     const port = await freePort();
     const conf = path.join(dir, "haproxy.cfg");
@@ -140,9 +145,13 @@ defaults
     timeout tunnel 1h
 frontend bayeux
     bind 127.0.0.1:${port}
-    default_backend halley
+${pagesPort ? `    acl pages path_beg /pages/ /faye-js/
+    use_backend pages if pages
+` : ""}    default_backend halley
 backend halley
     server halley1 127.0.0.1:${brokerPort}
-`);
+${pagesPort ? `backend pages
+    server pages1 127.0.0.1:${pagesPort}
+` : ""}`);
     return run(HAPROXY_BIN, ["-db", "-f", conf], dir, port);
 }
