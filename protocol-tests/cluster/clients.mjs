@@ -30,6 +30,7 @@ globalThis.window.XMLHttpRequest = class NodeTrackingXHR extends BaseXHR {
             if (context) {
                 if (this.status !== 200) context.failures = (context.failures || 0) + 1;
                 (context.nodes ||= []).push(node);
+                context.lastNode = node;
                 if (context.onResponse && context.onResponse(node, this) === "drop") {
                     if (onerror) onerror.call(this);
                     return;
@@ -184,7 +185,8 @@ export async function ackSubscribers(pool, url, channel, count, prefix = "ack", 
         const inbox = new Inbox(c.name);
         await cometdHandshake(c);
         await cometdConnected(c);
-        await cometdSubscribe(c, channel, m => inbox.push(m));
+        // Which node's reply carried each delivery (long-polling: the reply being processed now).
+        await cometdSubscribe(c, channel, m => inbox.push({...m, node: c.context?.lastNode ?? null}));
         subs.push({c, inbox});
     }
     return subs;
@@ -202,9 +204,17 @@ export function figures(t, label, publisher, subs) {
     // How each subscriber's session fared: handshakes (more than 1: it was told to handshake again) and 402s.
     const per = subs.map(({c, inbox}) => {
         const replies = c.received.map(r => r.message);
+        const counts = new Map();
+        for (const d of inbox.data) counts.set(`${d.seq}#${d.attempt ?? 0}`, (counts.get(`${d.seq}#${d.attempt ?? 0}`) ?? 0) + 1);
+        // Each message delivered twice, with the nodes whose replies carried it.
+        const twice = [...counts].filter(([, n]) => n > 1).map(([key]) => {
+            const seq = Number(key.split("#")[0]);
+            return {seq, nodes: inbox.messages.filter(m => m.data.seq === seq).map(m => m.node)};
+        });
         return {
             name: c.name,
             ...sequenceFigures(inbox.data, expected),
+            ...(twice.length ? {twice} : {}),
             handshakes: replies.filter(m => m.channel === "/meta/handshake" && m.successful).length,
             unknown: replies.filter(m => /^402:/.test(m.error || "")).length,
         };
