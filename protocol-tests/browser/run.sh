@@ -58,5 +58,8 @@ mkdir -p output
 rm -f output/*.png  # admin.png is written again by test/admin.test.mjs
 # Every test bounds its own waits (10-15 s); --test-timeout is the backstop for a hung test,
 # `timeout` for the whole run (the suite takes well under a minute).
+# Arguments: test files to run instead of test/*.test.mjs (the cluster stage runs test-cluster/*.test.mjs).
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=(test/*.test.mjs)
 exec timeout --kill-after=10 300 \
-    node --test --test-concurrency=1 --test-timeout=60000 --test-force-exit test/*.test.mjs
+    node --test --test-concurrency=1 --test-timeout=60000 --test-force-exit "${files[@]}"

@@ -1,6 +1,8 @@
 // Spawns the Halley broker binary for black-box tests.
 //
-// startBroker(extraArgs) -> {url, port, stop(), restart(), stderr()}
+// startBroker(extraArgs, spawnOptions) -> {url, port, pid, output(), stop(), kill(), restart()}
+//   - spawnOptions: extra child_process.spawn options (the cluster harness runs a node under another uid), and
+//     `bin`: another copy of the binary to run (one that uid can reach)
 //   - binary: $HALLEY_BIN or <repo>/target/release/halley
 //   - always listens on 127.0.0.1 (port 0 on the first start, the same port on restart)
 //   - waits (bounded) for the "listening on http://..." line on stdout
@@ -28,14 +30,15 @@ process.on("exit", () => {
     }
 });
 
-function spawnOnce(listen, extraArgs, log) {
+function spawnOnce(listen, extraArgs, log, spawnOptions = {}) {
     if (!existsSync(HALLEY_BIN)) {
         return Promise.reject(new Error(`broker binary not found: ${HALLEY_BIN} (build it or set HALLEY_BIN)`));
     }
     return new Promise((resolve, reject) => {
         const args = ["--listen", listen, ...extraArgs];
-        log.push(`--- spawn ${HALLEY_BIN} ${args.join(" ")}\n`);
-        const child = spawn(HALLEY_BIN, args, {stdio: ["ignore", "pipe", "pipe"]});
+        log.push(`--- spawn ${spawnOptions.bin || HALLEY_BIN} ${args.join(" ")}\n`);
+        const {bin = HALLEY_BIN, ...options} = spawnOptions;
+        const child = spawn(bin, args, {...options, stdio: ["ignore", "pipe", "pipe"]});
         live.add(child);
         let stdout = "";
         let settled = false;
@@ -72,7 +75,7 @@ function spawnOnce(listen, extraArgs, log) {
         child.on("exit", (code, signal) => {
             live.delete(child);
             log.push(`--- broker exited code=${code} signal=${signal}\n`);
-            fail(new Error(`broker exited before listening (code=${code}, signal=${signal})`));
+            fail(new Error(`broker exited before listening (code=${code}, signal=${signal}):\n${log.join("")}`));
         });
     });
 }
@@ -98,9 +101,9 @@ function killChild(child, signal = "SIGTERM") {
     });
 }
 
-export async function startBroker(extraArgs = []) {
+export async function startBroker(extraArgs = [], spawnOptions = {}) {
     const log = [];
-    let {child, url} = await spawnOnce("127.0.0.1:0", extraArgs, log);
+    let {child, url} = await spawnOnce("127.0.0.1:0", extraArgs, log, spawnOptions);
     const port = Number(new URL(url).port);
     if (!port) {
         await killChild(child);
@@ -121,6 +124,10 @@ export async function startBroker(extraArgs = []) {
             child = null;
             await killChild(c);
         },
+        // SIGKILL (a crash), waiting for the exit; restart() can bring it back on the same port.
+        async kill() {
+            await killChild(child, "SIGKILL");
+        },
         // Stop the broker (SIGTERM, a graceful restart; {kill: true}: SIGKILL, a crash) and start a new
         // one on the same port: all sessions are forgotten.
         async restart({kill = false} = {}) {
@@ -131,7 +138,7 @@ export async function startBroker(extraArgs = []) {
             for (let attempt = 0; attempt < 5; ++attempt) {
                 let started;
                 try {
-                    started = await spawnOnce(`127.0.0.1:${port}`, extraArgs, log);
+                    started = await spawnOnce(`127.0.0.1:${port}`, extraArgs, log, spawnOptions);
                 } catch (x) {
                     lastError = x;
                     await new Promise(r => setTimeout(r, 200));

@@ -54,11 +54,11 @@ export function withTimeout(promise, ms, what) {
     return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-// Polls `predicate` until it is truthy, at most `ms`.
+// Polls `predicate` (sync or async) until it is truthy, at most `ms`.
 export async function waitUntil(predicate, ms, what) {
     const deadline = Date.now() + ms;
     for (;;) {
-        const value = predicate();
+        const value = await predicate();
         if (value) return value;
         if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
         await sleep(20);

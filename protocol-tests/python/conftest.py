@@ -1,4 +1,5 @@
 """Fixtures: the Halley broker process and the Node echo peer, both bounded in time."""
+import json
 import os
 import pathlib
 import queue
@@ -14,6 +15,7 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 NODE_DIR = HERE.parent / "node"
+CLUSTER_DIR = HERE.parent / "cluster"
 HALLEY_BIN = os.environ.get("HALLEY_BIN") or str(REPO_ROOT / "target" / "release" / "halley")
 STARTUP_TIMEOUT = 10.0
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
@@ -195,4 +197,22 @@ def start_subscriber(processes):
         processes.append(process)
         process.wait_line(r"^ready\s*$", 15.0)
         return process
+    return start
+
+
+@pytest.fixture
+def start_cluster(processes):
+    """start_cluster(name, *broker_flags) -> dict with url (Bayeux through HAProxy), origin, nodeUrls, prefix:
+    redis-server, three Halley nodes on the Redis engine and HAProxy (round-robin, no stickiness), started by
+    ../cluster/launch.mjs and stopped with the test (HALLEY_CLUSTER_ENGINE=memory: one memory node)."""
+    def start(name, *flags):
+        node = shutil.which("node")
+        if node is None:
+            pytest.fail("node is not installed")
+        if not (NODE_DIR / "node_modules" / "cometd").is_dir():
+            pytest.fail(f"{NODE_DIR}/node_modules is missing: run `npm ci` there (run.sh does it)")
+        process = Process("cluster", [node, str(CLUSTER_DIR / "launch.mjs"), name, *flags],
+                          stdin=subprocess.PIPE, cwd=str(CLUSTER_DIR))
+        processes.append(process)
+        return json.loads(process.wait_line(r"^ready (.*)$", 30.0).group(1))
     return start
