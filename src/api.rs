@@ -342,13 +342,13 @@ async fn disconnect(
         .get("clientId")
         .and_then(Value::as_str)
         .ok_or_else(|| api.bad_request("body must be {\"clientId\": \"…\"}".into()))?;
-    // On a cluster the session may be served by another node: it is moved here first.
-    let here = api
+    // On a cluster the node that serves the session disconnects it.
+    let disconnected = api
         .broker
-        .serve_here(client_id)
+        .disconnect_anywhere(client_id)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    if here && api.broker.disconnect(client_id) {
+    if disconnected {
         Ok(Json(json!({"disconnected": client_id})).into_response())
     } else {
         Err(ApiError::NotFound(format!("no session {client_id:?}")))

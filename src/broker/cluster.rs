@@ -19,7 +19,7 @@ use super::extensions::AckState;
 use super::outbox::Wake;
 use super::session::{Identity, Session};
 use super::{Broker, Removal, SessionEvent, read, write};
-use crate::engine::{Claim, EngineError, Interest, Publish, SessionHandover};
+use crate::engine::{Claim, EngineError, Interest, Kick, Publish, SessionHandover};
 use crate::protocol::ChannelName;
 
 /// How long a request waits for its session to be claimable before it is answered
@@ -69,7 +69,7 @@ impl Drop for InFlight {
             }
         };
         if let Some(to) = to {
-            let state = self.broker.release(&self.session);
+            let state = self.broker.release(&self.session, Wake::Removed);
             let engine = &self.broker.shared.engine;
             engine.send_handover(&self.session.client_id, &to, state);
         }
@@ -84,9 +84,11 @@ impl Broker {
     /// on it until the returned guard is dropped: the session does not move away
     /// meanwhile. `Ok(None)`: no such session in the cluster (or it was lost with its
     /// node). `Err`: the engine cannot tell now.
+    /// `superseding`: the request is a connect, which supersedes one held elsewhere.
     pub(super) async fn find_or_claim(
         &self,
         client_id: &str,
+        superseding: bool,
     ) -> Result<Option<InFlight>, EngineError> {
         let give_up = tokio::time::Instant::now() + CLAIM_PATIENCE;
         while tokio::time::Instant::now() < give_up {
@@ -96,7 +98,12 @@ impl Broker {
             if !self.shared.engine.shares_sessions() {
                 return Ok(None);
             }
-            match self.shared.engine.claim_session(client_id).await? {
+            match self
+                .shared
+                .engine
+                .claim_session(client_id, superseding)
+                .await?
+            {
                 // It may have moved on again already: then it is claimed again.
                 Claim::TakenOver => {}
                 Claim::Unknown => return Ok(None),
@@ -118,17 +125,37 @@ impl Broker {
         ))
     }
 
-    /// Whether session `client_id` exists, served by this node from now on (claimed from
-    /// the node that served it, on an engine that shares sessions): what server-side
-    /// actions on any session do first.
-    pub async fn serve_here(&self, client_id: &str) -> Result<bool, EngineError> {
-        Ok(self.find_or_claim(client_id).await?.is_some())
+    /// Disconnects session `client_id` from the server side wherever it is served: here
+    /// ([`Broker::disconnect`]), or on an engine that shares sessions by the node that
+    /// serves it (its held connect is told `reconnect: none` there). False for an unknown
+    /// session.
+    pub async fn disconnect_anywhere(&self, client_id: &str) -> Result<bool, EngineError> {
+        if self.disconnect(client_id) {
+            return Ok(true);
+        }
+        if !self.shared.engine.shares_sessions() {
+            return Ok(false);
+        }
+        match self.shared.engine.disconnect_session(client_id).await? {
+            Kick::Unknown => Ok(false),
+            Kick::Sent => Ok(true),
+            Kick::Ended => {
+                // Its node is gone: its listeners hear of the end here.
+                self.emit(SessionEvent::Closed {
+                    client_id,
+                    reason: Removal::Kicked,
+                });
+                Ok(true)
+            }
+        }
     }
 
     /// Gives up session `client_id` to node `to`: forgets it here without ending it and
     /// returns its state; or, while a request of the session is being processed here,
     /// promises it for when the last one is done (the engine's `send_handover` then).
-    pub fn hand_over(&self, client_id: &str, to: &str) -> HandOver {
+    /// `superseded`: a new connect claimed it, so the connect held here is superseded
+    /// (never answered over a socket, HTTP 500 over long-polling), not answered empty.
+    pub fn hand_over(&self, client_id: &str, to: &str, superseded: bool) -> HandOver {
         let Some(session) = read(&self.shared.sessions).get(client_id).cloned() else {
             return HandOver::Absent;
         };
@@ -142,7 +169,12 @@ impl Broker {
                 return HandOver::Later;
             }
         }
-        self.release(&session)
+        let held = if superseded {
+            Wake::Superseded
+        } else {
+            Wake::Removed
+        };
+        self.release(&session, held)
             .map_or(HandOver::Absent, |state| HandOver::Now(Box::new(state)))
     }
 
@@ -150,7 +182,7 @@ impl Broker {
     /// off from the cluster (its state there wins). Returns whether it was here.
     pub fn forget_moved(&self, client_id: &str) -> bool {
         let session = read(&self.shared.sessions).get(client_id).cloned();
-        session.is_some_and(|session| self.release(&session).is_some())
+        session.is_some_and(|session| self.release(&session, Wake::Removed).is_some())
     }
 
     /// Session `client_id` if this node serves it (and has not promised it to another
@@ -177,7 +209,8 @@ impl Broker {
 
     /// Forgets `session` here without ending it and returns its state, with the number of
     /// the last publish fanned out to it or past it (what the next node adds after).
-    fn release(&self, session: &Arc<Session>) -> Option<SessionHandover> {
+    /// `held`: how its held connect, if any, is woken.
+    fn release(&self, session: &Arc<Session>, held: Wake) -> Option<SessionHandover> {
         let client_id = &*session.client_id;
         let (subscriptions, handover) = {
             let mut state = session.lock();
@@ -194,7 +227,7 @@ impl Broker {
             let mut queue = Vec::new();
             state.outbox.queue.drain_into(&mut queue);
             if state.outbox.has_reader() {
-                state.outbox.wake(Wake::Removed);
+                state.outbox.wake(held);
             }
             self.shared.metrics.session_closed(state.transport);
             let subscriptions = std::mem::take(&mut state.subscriptions);
@@ -232,7 +265,7 @@ impl Broker {
             .cloned();
         if let Some(stale) = stale {
             // A copy left from before this node was cut off: the handed state wins.
-            self.release(&stale);
+            self.release(&stale, Wake::Removed);
         }
         let config = &self.shared.config;
         let now = self.now_ms();
@@ -307,14 +340,18 @@ impl Broker {
     /// which the engine's log holds), so that another node can rebuild it if this one
     /// dies: every reply to such a session waits for it. Other sessions, and engines that
     /// do not share sessions, skip it.
-    pub(crate) async fn checkpoint(&self, session: &Session) {
+    ///
+    /// False when the engine could not store it: the reply must not carry deliveries
+    /// then (another node could rebuild the session from an older checkpoint and send
+    /// them again).
+    pub(crate) async fn checkpoint(&self, session: &Session) -> bool {
         if !self.shared.engine.shares_sessions() {
-            return;
+            return true;
         }
         let state = {
             let state = session.lock();
             let Some(ack) = state.ack.as_deref().filter(|_| state.removed.is_none()) else {
-                return;
+                return true;
             };
             let ack = ack.export(false);
             let expires = session.expires();
@@ -331,9 +368,13 @@ impl Broker {
                 ack: Some(ack),
             }
         };
-        if let Err(error) = self.shared.engine.checkpoint_session(&state).await {
-            tracing::warn!(%error, client_id = %session.client_id,
-                "ack session not checkpointed: it cannot be rebuilt if this node dies now");
+        match self.shared.engine.checkpoint_session(&state).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, client_id = %session.client_id,
+                    "ack session not checkpointed: its reply is withheld");
+                false
+            }
         }
     }
 

@@ -513,7 +513,7 @@ impl Broker {
     ) -> Result<PushConnect, BayeuxError> {
         // On a cluster the stream's node serves the session from now on.
         let session = self
-            .find_or_claim(client_id)
+            .find_or_claim(client_id, true)
             .await
             .map_err(|_| BayeuxError::ServerUnavailable)?
             .map(|found| found.session().clone())
@@ -604,8 +604,12 @@ impl PushConnect {
             self.broker
                 .connect_answer(&self.session, &mut state, message, ending)
         };
-        if self.session.is_ack() {
-            Box::pin(self.broker.checkpoint(&self.session)).await;
+        if self.session.is_ack()
+            && !Box::pin(self.broker.checkpoint(&self.session)).await
+            && let Some(message) = &self.message
+        {
+            // What this reply carries stays unacknowledged: the next connect gets it.
+            return self.broker.unavailable(std::slice::from_ref(&**message));
         }
         reply
     }

@@ -13,6 +13,7 @@ use super::{
     Broker, HandshakeRequest, HandshakeVerdict, Removal, ReplyBatch, RequestContext, SessionEvent,
     read, write,
 };
+use crate::engine::EngineError;
 use crate::metrics::{Outcome, Refusal};
 use crate::protocol::{Advice, BAYEUX_VERSION, BayeuxError, Message, Reply};
 
@@ -122,7 +123,12 @@ impl Broker {
             tracing::warn!(%error, "handshake refused: the engine cannot record the session");
             self.remove_session(&session, Removal::Disconnected);
             metrics.handshake(Outcome::Busy);
-            reply.fail(BayeuxError::ServerUnavailable);
+            if error == EngineError::Full {
+                metrics.refused(Refusal::Sessions);
+                reply.fail(BayeuxError::ServerBusy);
+            } else {
+                reply.fail(BayeuxError::ServerUnavailable);
+            }
             reply.advice = Some(Advice {
                 interval: Some(config.busy_interval),
                 ..Advice::HANDSHAKE

@@ -382,22 +382,25 @@ impl Broker {
             Ok(prepared) => prepared,
             Err(handshake) => return Outcome::Reply(handshake),
         };
-        let outcome = match lone_connect(&batch, session.as_ref(), &deleted) {
+        let (outcome, in_flight) = match lone_connect(&batch, session.as_ref(), &deleted) {
             Some((session, connect)) => {
                 // A held connect does not keep its session from moving to another node.
                 drop(in_flight);
-                self.connect(session, connect, ctx).await
+                (self.connect(session, connect, ctx).await, None)
             }
             None => {
-                let _in_flight = in_flight;
                 // Boxed: a held connect's future must not carry the batch path's state.
                 let batch = Box::pin(self.process_batch(&batch, session.as_ref(), ctx, &deleted));
-                Outcome::Reply(batch.await)
+                (Outcome::Reply(batch.await), in_flight)
             }
         };
-        if let Some(session) = session.filter(|s| s.is_ack()) {
-            Box::pin(self.checkpoint(&session)).await;
+        if let Some(session) = session.filter(|s| s.is_ack())
+            && !Box::pin(self.checkpoint(&session)).await
+        {
+            // What this reply carries stays unacknowledged: the next connect gets it.
+            return Outcome::Reply(self.unavailable(&batch));
         }
+        drop(in_flight);
         outcome
     }
 
@@ -413,25 +416,28 @@ impl Broker {
             Ok(prepared) => prepared,
             Err(handshake) => return (Some(handshake), None),
         };
-        let answered = match lone_connect(&batch, session.as_ref(), &deleted) {
+        let (answered, in_flight) = match lone_connect(&batch, session.as_ref(), &deleted) {
             Some((session, connect)) => {
                 drop(in_flight);
                 match self.connect_pushed(session, connect) {
-                    Ok(reply) => (Some(reply), None),
-                    Err(held) => (None, Some(held)),
+                    Ok(reply) => ((Some(reply), None), None),
+                    Err(held) => ((None, Some(held)), None),
                 }
             }
             None => {
-                let _in_flight = in_flight;
                 let reply = self
                     .process_batch(&batch, session.as_ref(), ctx, &deleted)
                     .await;
-                (Some(reply), None)
+                ((Some(reply), None), in_flight)
             }
         };
-        if let Some(session) = session.filter(|s| s.is_ack()) {
-            Box::pin(self.checkpoint(&session)).await;
+        if answered.0.is_some()
+            && let Some(session) = session.filter(|s| s.is_ack())
+            && !Box::pin(self.checkpoint(&session)).await
+        {
+            return (Some(self.unavailable(&batch)), answered.1);
         }
+        drop(in_flight);
         answered
     }
 
@@ -469,7 +475,7 @@ impl Broker {
             return Err(self.handshake(&handshake[0], ctx).await);
         }
         let in_flight = match batch.first().and_then(|m| m.client_id.as_deref()) {
-            Some(id) => match self.find_or_claim(id).await {
+            Some(id) => match self.find_or_claim(id, lone_connect_message(batch)).await {
                 Ok(found) => found.filter(|f| self.cookie_matches(f.session(), ctx)),
                 Err(error) => {
                     tracing::warn!(%error, client_id = id, "session not claimable now");
@@ -551,6 +557,11 @@ impl Broker {
             handshake_succeeded: false,
         }
     }
+}
+
+/// Whether the batch is one `/meta/connect` (before its session is known).
+fn lone_connect_message(batch: &[Message]) -> bool {
+    matches!(batch, [message] if message.channel.as_deref() == Some(CONNECT))
 }
 
 /// The batch's one message, if it is a `/meta/connect` of a known session that no hook

@@ -129,6 +129,17 @@ pub struct AckHandover {
     pub unacked: Vec<(u64, String)>,
 }
 
+/// What became of a server-side disconnect of a session served by another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The cluster has no such session.
+    Unknown,
+    /// The node serving it was told to disconnect it.
+    Sent,
+    /// Its node is gone: its record was deleted here.
+    Ended,
+}
+
 /// A change in a node's interest in a channel pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
@@ -148,6 +159,9 @@ pub enum EngineError {
     /// The engine's bounded backlog of publishes on their way out is full.
     #[error("engine backlog full")]
     Backlog,
+    /// The cluster holds as many sessions as it may.
+    #[error("the cluster's session limit is reached")]
+    Full,
 }
 
 /// Carries publishes between nodes. Methods are called on the request path, with no
@@ -182,10 +196,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes this node the one that serves `client_id`, moving its state here from the
     /// node that served it ([`crate::Broker::hand_over`] there,
-    /// [`crate::Broker::take_over`] here).
+    /// [`crate::Broker::take_over`] here). `superseding`: the claim is for a new connect,
+    /// which supersedes the one held there.
     fn claim_session<'a>(
         &'a self,
         _client_id: &'a str,
+        _superseding: bool,
     ) -> EngineFuture<'a, Result<Claim, EngineError>> {
         Box::pin(std::future::ready(Ok(Claim::Unknown)))
     }
@@ -204,6 +220,14 @@ pub trait Engine: Send + Sync + 'static {
     /// request of it was being processed here (`None`: it is not here after all). Does
     /// not wait.
     fn send_handover(&self, _client_id: &str, _to: &str, _state: Option<SessionHandover>) {}
+
+    /// Has the node serving session `client_id` disconnect it from the server side.
+    fn disconnect_session<'a>(
+        &'a self,
+        _client_id: &'a str,
+    ) -> EngineFuture<'a, Result<Kick, EngineError>> {
+        Box::pin(std::future::ready(Ok(Kick::Unknown)))
+    }
 
     /// Forgets a session that ended on this node. Does not wait.
     fn end_session(&self, _client_id: &str) {}

@@ -49,7 +49,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, Confirmation, Engine, EngineError, EngineFuture, Interest, NodeStats, Publish,
+    Claim, Confirmation, Engine, EngineError, EngineFuture, Interest, Kick, NodeStats, Publish,
     SessionHandover,
 };
 use crate::broker::{HandOver, WeakBroker};
@@ -84,15 +84,23 @@ const CLAIM_LOCK_MS: u64 = 3_000;
 /// Session records refreshed per script call.
 const REFRESH_BATCH: usize = 500;
 
-/// Records a session served by this node. KEYS: session. ARGV: node, time to live (ms).
+/// Records a session served by this node, unless the cluster holds `max` sessions
+/// already (0: no limit). KEYS: session, the set of live sessions (by expiry). ARGV:
+/// node, time to live (ms), clientId, max. Returns 1, or 0 when full.
 const CREATE_SCRIPT: &str = r#"
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+if tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ms + ARGV[2], ARGV[3])
 return 1
 "#;
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
-/// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId.
+/// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId,
+/// `1` when a new connect supersedes the one held there.
 /// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
 /// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
@@ -105,7 +113,7 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
-  redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1])
+  redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. ARGV[7])
   return 'moving\n' .. (checkpoint or '')
 end
 if checkpoint then return 'recover\n' .. checkpoint end
@@ -121,10 +129,33 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
-/// Keeps session records alive. KEYS: sessions. ARGV: time to live (ms).
+/// Disconnects a session from the server side: tells its live node, or deletes the
+/// record of a dead node's session. KEYS: session, the set of live sessions. ARGV: liveness key prefix, control
+/// channel prefix, clientId. Returns 0 (unknown), 1 (told) or 2 (deleted).
+const KICK_SCRIPT: &str = r#"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then return 0 end
+if redis.call('EXISTS', ARGV[1] .. owner) == 1 then
+  redis.call('PUBLISH', ARGV[2] .. owner, 'kick\n' .. ARGV[3])
+  return 1
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 2
+"#;
+
+/// Keeps session records alive, and the set of live sessions current. KEYS: the set,
+/// then the sessions. ARGV: time to live (ms), then their clientIds.
 const REFRESH_SCRIPT: &str = r#"
-for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
-return #KEYS
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+for i = 2, #KEYS do
+  if redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 1 then
+    redis.call('ZADD', KEYS[1], ms + ARGV[1], ARGV[i])
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+return 1
 "#;
 
 /// Numbers a publish, logs it and announces it. KEYS: seq, log, live channel. ARGV:
@@ -208,6 +239,10 @@ struct NodeKeys {
     session_prefix: String,
     /// How long a session record lives unrefreshed, ms.
     session_ttl: u64,
+    /// The live sessions of the cluster by expiry time (for the session limit).
+    sessions: String,
+    /// The cluster's session limit (`max_sessions`).
+    max_sessions: usize,
 }
 
 impl NodeKeys {
@@ -312,6 +347,8 @@ impl Engine for RedisEngine {
             control_prefix: format!("{bus}:ctl:"),
             session_prefix: format!("{}{{s:", self.shared.prefix),
             session_ttl,
+            sessions: format!("{bus}:sessions"),
+            max_sessions: config.max_sessions,
         };
         if self.shared.node.set(keys).is_err() {
             tracing::error!("the Redis engine serves one broker; attached twice");
@@ -380,24 +417,32 @@ impl Engine for RedisEngine {
         Box::pin(async move {
             let keys = self.shared.keys()?;
             let mut connection = self.shared.connection()?;
-            with_timeout(
+            let created = with_timeout(
                 redis::cmd("EVAL")
                     .arg(CREATE_SCRIPT)
-                    .arg(1)
+                    .arg(2)
                     .arg(keys.session(&client_id))
+                    .arg(&keys.sessions)
                     .arg(&*keys.owner)
                     .arg(keys.session_ttl)
-                    .query_async::<()>(&mut connection),
+                    .arg(&client_id)
+                    .arg(keys.max_sessions)
+                    .query_async::<i64>(&mut connection),
             )
-            .await
+            .await?;
+            match created {
+                1 => Ok(()),
+                _ => Err(EngineError::Full),
+            }
         })
     }
 
     fn claim_session<'a>(
         &'a self,
         client_id: &'a str,
+        superseding: bool,
     ) -> EngineFuture<'a, Result<Claim, EngineError>> {
-        Box::pin(self.shared.claim(client_id))
+        Box::pin(self.shared.claim(client_id, superseding))
     }
 
     fn checkpoint_session<'a>(
@@ -422,6 +467,33 @@ impl Engine for RedisEngine {
         })
     }
 
+    fn disconnect_session<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> EngineFuture<'a, Result<Kick, EngineError>> {
+        Box::pin(async move {
+            let keys = self.shared.keys()?;
+            let mut connection = self.shared.connection()?;
+            let kicked: i64 = with_timeout(
+                redis::cmd("EVAL")
+                    .arg(KICK_SCRIPT)
+                    .arg(2)
+                    .arg(keys.session(client_id))
+                    .arg(&keys.sessions)
+                    .arg(&keys.alive_prefix)
+                    .arg(&keys.control_prefix)
+                    .arg(client_id)
+                    .query_async(&mut connection),
+            )
+            .await?;
+            Ok(match kicked {
+                0 => Kick::Unknown,
+                1 => Kick::Sent,
+                _ => Kick::Ended,
+            })
+        })
+    }
+
     fn send_handover(&self, client_id: &str, to: &str, state: Option<SessionHandover>) {
         send_state(&self.shared, client_id, to, state.as_ref());
     }
@@ -431,9 +503,14 @@ impl Engine for RedisEngine {
             return;
         };
         let session = keys.session(client_id);
+        let mut delete = redis::pipe();
+        delete.cmd("DEL").arg(&session).ignore();
+        delete
+            .cmd("ZREM")
+            .arg(&keys.sessions)
+            .arg(client_id)
+            .ignore();
         tokio::spawn(async move {
-            let mut delete = redis::cmd("DEL");
-            delete.arg(&session);
             if let Err(error) = with_timeout(delete.query_async::<()>(&mut connection)).await {
                 tracing::debug!(%error, %session, "session record left to expire");
             }
@@ -492,7 +569,7 @@ impl Shared {
     }
 
     /// Claims session `client_id` for this node (see the module's doc).
-    async fn claim(&self, client_id: &str) -> Result<Claim, EngineError> {
+    async fn claim(&self, client_id: &str, superseding: bool) -> Result<Claim, EngineError> {
         // Waiting before asking: the state may arrive before the script's answer does.
         let (arrived, state) = oneshot::channel();
         {
@@ -502,7 +579,7 @@ impl Shared {
             }
             waiting.insert(client_id.into(), arrived);
         }
-        let outcome = self.claim_once(client_id, state).await;
+        let outcome = self.claim_once(client_id, superseding, state).await;
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -513,6 +590,7 @@ impl Shared {
     async fn claim_once(
         &self,
         client_id: &str,
+        superseding: bool,
         state: oneshot::Receiver<bool>,
     ) -> Result<Claim, EngineError> {
         let keys = self.keys()?;
@@ -531,6 +609,7 @@ impl Shared {
                 .arg(&keys.control_prefix)
                 .arg(CLAIM_LOCK_MS)
                 .arg(client_id)
+                .arg(if superseding { "1" } else { "0" })
                 .query_async(&mut connection),
         )
         .await;
@@ -563,13 +642,14 @@ impl Shared {
         };
         match outcome {
             Ok(Claim::Lost) => {
-                let _ = with_timeout(
-                    redis::cmd("DEL")
-                        .arg(&session)
-                        .arg(&claim)
-                        .query_async::<()>(&mut connection),
-                )
-                .await;
+                let mut delete = redis::pipe();
+                delete.cmd("DEL").arg(&session).arg(&claim).ignore();
+                delete
+                    .cmd("ZREM")
+                    .arg(&keys.sessions)
+                    .arg(client_id)
+                    .ignore();
+                let _ = with_timeout(delete.query_async::<()>(&mut connection)).await;
             }
             Ok(Claim::TakenOver | Claim::Busy) => {
                 let _ = with_timeout(
@@ -748,11 +828,17 @@ async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Resul
     };
     for chunk in ids.chunks(REFRESH_BATCH) {
         let mut script = redis::cmd("EVAL");
-        script.arg(REFRESH_SCRIPT).arg(chunk.len());
+        script
+            .arg(REFRESH_SCRIPT)
+            .arg(chunk.len() + 1)
+            .arg(&keys.sessions);
         for id in chunk {
             script.arg(keys.session(id));
         }
         script.arg(keys.session_ttl);
+        for id in chunk {
+            script.arg(&**id);
+        }
         with_timeout(script.query_async::<()>(&mut connection)).await?;
     }
     Ok(())
@@ -879,13 +965,19 @@ fn control(
     };
     match kind {
         Some(b"handover") => {
-            let Some(to) = text(rest) else { return };
-            let state = match node.hand_over(client_id, to) {
+            let Some((to, superseded)) = text(rest).map(|r| r.split_once('\n').unwrap_or((r, "0")))
+            else {
+                return;
+            };
+            let state = match node.hand_over(client_id, to, superseded == "1") {
                 HandOver::Now(state) => Some(*state),
                 HandOver::Absent => None,
                 HandOver::Later => return, // Sent when its requests here are done.
             };
             send_state(shared, client_id, to, state.as_ref());
+        }
+        Some(b"kick") => {
+            node.disconnect(client_id);
         }
         Some(b"handed") => {
             let waiter = shared
