@@ -1078,16 +1078,7 @@ async fn rebuild_session(
     let mut since = Vec::new();
     let mut next = state.cursor;
     while next < upto {
-        let entries: Vec<(String, Vec<Vec<u8>>)> = with_timeout(
-            redis::cmd("XRANGE")
-                .arg(&keys.log)
-                .arg(format!("({next}-0"))
-                .arg(format!("{upto}-0"))
-                .arg("COUNT")
-                .arg(CATCH_UP_BATCH)
-                .query_async(connection),
-        )
-        .await?;
+        let entries = read_log(keys, connection, next, upto).await?;
         let first = entries.first().and_then(|(id, _)| id.split('-').next());
         if first.and_then(|f| f.parse::<u64>().ok()) != Some(next + 1) {
             tracing::warn!(client_id = %state.client_id, "the log no longer reaches the session's last acknowledgement");
@@ -1107,6 +1098,26 @@ async fn rebuild_session(
     Ok(true)
 }
 
+/// One page (at most [`CATCH_UP_BATCH`]) of the log's entries after `after`, up to
+/// `upto`: `(id, [field, value, …])`.
+async fn read_log(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<(String, Vec<Vec<u8>>)>, EngineError> {
+    with_timeout(
+        redis::cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(format!("({after}-0"))
+            .arg(format!("{upto}-0"))
+            .arg("COUNT")
+            .arg(CATCH_UP_BATCH)
+            .query_async(connection),
+    )
+    .await
+}
+
 /// Fans out publishes `after + 1 ..= upto` from the log.
 async fn catch_up(
     keys: &NodeKeys,
@@ -1118,16 +1129,7 @@ async fn catch_up(
 ) -> Result<(), EngineError> {
     let mut next = after;
     while next < upto {
-        let entries: Vec<(String, Vec<Vec<u8>>)> = with_timeout(
-            redis::cmd("XRANGE")
-                .arg(&keys.log)
-                .arg(format!("({next}-0"))
-                .arg(format!("{upto}-0"))
-                .arg("COUNT")
-                .arg(CATCH_UP_BATCH)
-                .query_async(connection),
-        )
-        .await?;
+        let entries = read_log(keys, connection, next, upto).await?;
         if entries.is_empty() {
             tracing::warn!(
                 missed = upto - next,
