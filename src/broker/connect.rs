@@ -604,7 +604,8 @@ impl PushConnect {
             self.broker
                 .connect_answer(&self.session, &mut state, message, ending)
         };
-        if self.session.is_ack()
+        if self.broker.shared.engine.shares_sessions()
+            && self.session.is_ack()
             && !Box::pin(self.broker.checkpoint(&self.session)).await
             && let Some(message) = &self.message
         {

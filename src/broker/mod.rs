@@ -394,7 +394,9 @@ impl Broker {
                 (Outcome::Reply(batch.await), in_flight)
             }
         };
-        if let Some(session) = session.filter(|s| s.is_ack())
+        // Only a cluster's ack sessions are checkpointed: one look at the engine first.
+        if self.shared.engine.shares_sessions()
+            && let Some(session) = session.filter(|s| s.is_ack())
             && !Box::pin(self.checkpoint(&session)).await
         {
             // What this reply carries stays unacknowledged: the next connect gets it.
@@ -432,6 +434,7 @@ impl Broker {
             }
         };
         if answered.0.is_some()
+            && self.shared.engine.shares_sessions()
             && let Some(session) = session.filter(|s| s.is_ack())
             && !Box::pin(self.checkpoint(&session)).await
         {
