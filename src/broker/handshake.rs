@@ -22,13 +22,8 @@ impl Broker {
     /// handshake rate limit (a token bucket refilled at `max_handshakes_per_second`).
     fn over_capacity(&self) -> Option<Refusal> {
         let config = &self.shared.config;
-        // On a cluster the limit holds for all nodes together, as of their last heartbeats.
-        let local = read(&self.shared.sessions).len();
-        let sessions = self
-            .shared
-            .engine
-            .cluster_sessions()
-            .map_or(local, |c| c.max(local));
+        // On a cluster the engine holds the limit for all nodes together (`create_session`).
+        let sessions = read(&self.shared.sessions).len();
         if sessions >= config.max_sessions {
             return Some(Refusal::Sessions);
         }

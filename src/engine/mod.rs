@@ -232,11 +232,6 @@ pub trait Engine: Send + Sync + 'static {
     /// Forgets a session that ended on this node. Does not wait.
     fn end_session(&self, _client_id: &str) {}
 
-    /// Live sessions in the whole cluster, as last heard (for the session limit).
-    fn cluster_sessions(&self) -> Option<usize> {
-        None
-    }
-
     /// Whether every publish comes back to the node it was accepted on, which then fans
     /// it out only when it does ([`Engine::publish`] answers with a confirmation).
     fn loops_back(&self) -> bool {

@@ -39,7 +39,7 @@
 //! them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -215,8 +215,6 @@ struct Shared {
     rebuilds: mpsc::Sender<Rebuild>,
     /// Taken by the listening task when the broker is attached.
     rebuilds_rx: Mutex<Option<mpsc::Receiver<Rebuild>>>,
-    /// Live sessions in the cluster as of the last heartbeat; `usize::MAX` before.
-    cluster_sessions: AtomicUsize,
 }
 
 /// The keys of the whole cluster and of this node.
@@ -310,7 +308,6 @@ impl RedisEngine {
                 waiting: Mutex::new(HashMap::new()),
                 rebuilds,
                 rebuilds_rx: Mutex::new(Some(rebuilds_rx)),
-                cluster_sessions: AtomicUsize::new(usize::MAX),
             }),
         })
     }
@@ -517,11 +514,6 @@ impl Engine for RedisEngine {
         });
     }
 
-    fn cluster_sessions(&self) -> Option<usize> {
-        let sessions = self.shared.cluster_sessions.load(Ordering::Relaxed);
-        (sessions != usize::MAX).then_some(sessions)
-    }
-
     fn is_ready(&self) -> bool {
         self.shared.listening.load(Ordering::Relaxed) && self.shared.beating.load(Ordering::Relaxed)
     }
@@ -531,19 +523,7 @@ impl Engine for RedisEngine {
             let result = async {
                 let keys = self.shared.keys()?;
                 let mut connection = self.shared.connection()?;
-                let figures: Vec<String> = with_timeout(
-                    redis::cmd("EVAL")
-                        .arg(NODES_SCRIPT)
-                        .arg(1)
-                        .arg(&keys.nodes)
-                        .arg(&keys.node_prefix)
-                        .query_async(&mut connection),
-                )
-                .await?;
-                let mut nodes: Vec<NodeStats> = figures
-                    .iter()
-                    .filter_map(|f| serde_json::from_str(f).ok())
-                    .collect();
+                let mut nodes = read_nodes(keys, &mut connection).await?;
                 nodes.sort_by(|a, b| a.id.cmp(&b.id));
                 Ok(nodes)
             };
@@ -799,26 +779,33 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
     }
 }
 
-/// What a heartbeat does besides beating: the cluster's session count, and every third
-/// of a session's time to live, the refresh of this node's session records.
-async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Result<(), EngineError> {
-    let keys = shared.keys()?;
-    let mut connection = shared.connect().await?;
+/// Every live node's figures (and the set of nodes rid of those whose heartbeat expired).
+async fn read_nodes(
+    keys: &NodeKeys,
+    connection: &mut ConnectionManager,
+) -> Result<Vec<NodeStats>, EngineError> {
     let figures: Vec<String> = with_timeout(
         redis::cmd("EVAL")
             .arg(NODES_SCRIPT)
             .arg(1)
             .arg(&keys.nodes)
             .arg(&keys.node_prefix)
-            .query_async(&mut connection),
+            .query_async(connection),
     )
     .await?;
-    let sessions = figures
+    Ok(figures
         .iter()
-        .filter_map(|f| serde_json::from_str::<NodeStats>(f).ok())
-        .map(|n| n.sessions)
-        .sum();
-    shared.cluster_sessions.store(sessions, Ordering::Relaxed);
+        .filter_map(|f| serde_json::from_str(f).ok())
+        .collect())
+}
+
+/// What a heartbeat does besides beating: pruning the set of nodes, and every third of a
+/// session's time to live, the refresh of this node's session records.
+async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Result<(), EngineError> {
+    let keys = shared.keys()?;
+    let mut connection = shared.connect().await?;
+    // Reading the nodes' figures also forgets the nodes whose heartbeat expired.
+    read_nodes(keys, &mut connection).await?;
     let every = (keys.session_ttl / 3 / HEARTBEAT.as_millis() as u64).max(1);
     if !beats.is_multiple_of(every) {
         return Ok(());
