@@ -309,6 +309,10 @@ pub struct Config {
     pub node_id: Option<String>,
     /// What every Redis key of the cluster starts with, so clusters can share a Redis.
     pub redis_prefix: String,
+    /// Where the other nodes of a cluster reach this one (`http://HOST:PORT`): a request
+    /// for a session served here that lands on another node is relayed to it. Unset: the
+    /// listen address, or this machine's outbound address when listening on all of them.
+    pub advertise_url: Option<String>,
     /// The transports offered to clients; requests of any other are refused.
     pub transports: Vec<Transport>,
     /// How often a WebSocket gets a ping frame and an EventSource stream a comment, ms (0:
@@ -368,6 +372,7 @@ impl Default for Config {
             engine: "memory".into(),
             node_id: None,
             redis_prefix: "halley:".into(),
+            advertise_url: None,
             transports: Transport::ALL.to_vec(),
             websocket_ping_interval: 25_000,
             log_format: LogFormat::Text,
@@ -573,6 +578,10 @@ pub struct Args {
     /// Prefix of every Redis key the cluster uses [default: halley:].
     #[arg(long, env = "HALLEY_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Where the other nodes of a cluster reach this one, `http://HOST:PORT` [default: the
+    /// listen address; with 0.0.0.0, this machine's outbound address].
+    #[arg(long, env = "HALLEY_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Transports offered to clients, comma-separated [default: long-polling,callback-polling,websocket,eventsource].
     #[arg(
         long,
@@ -663,6 +672,9 @@ impl Config {
         if args.node_id.is_some() {
             config.node_id = args.node_id;
         }
+        if args.advertise_url.is_some() {
+            config.advertise_url = args.advertise_url;
+        }
         if args.metrics_listen.is_some() {
             config.metrics_listen = args.metrics_listen;
         }
@@ -732,6 +744,13 @@ impl Config {
         }
         if self.redis_prefix.len() > 64 || self.redis_prefix.contains(['{', '}']) {
             return invalid("redis_prefix must be at most 64 bytes, without '{' or '}'");
+        }
+        if let Some(url) = &self.advertise_url
+            && url
+                .strip_prefix("http://")
+                .is_none_or(|rest| rest.is_empty() || rest.contains(['/', '?', '#', ' ']))
+        {
+            return invalid("advertise_url must be http://HOST:PORT, without a path");
         }
         if self.transports.contains(&Transport::EventSource)
             && !self.transports.contains(&Transport::LongPolling)

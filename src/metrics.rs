@@ -281,6 +281,8 @@ struct Values {
     delivery_latency: AtomicHistogram,
     engine_rtt: AtomicHistogram,
     engine_reconnects: AtomicU64,
+    /// Requests relayed to the node serving their session: answered, failed.
+    relays: [AtomicU64; 2],
 }
 
 /// Every metric of one broker. Cheap to call from any thread: each method is one or two
@@ -330,6 +332,7 @@ impl Metrics {
             delivery_latency: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
             engine_rtt: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
             engine_reconnects: AtomicU64::new(0),
+            relays: zeroes(),
         });
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition(values.clone())));
@@ -419,6 +422,12 @@ impl Metrics {
     /// The cluster engine's connection was re-established.
     pub fn engine_reconnect(&self) {
         bump(&self.values.engine_reconnects, 1);
+    }
+
+    /// A request was relayed to the node serving its session, and `answered` there (or
+    /// not: the client was told to retry).
+    pub fn relayed(&self, answered: bool) {
+        bump(&self.values.relays[usize::from(!answered)], 1);
     }
 
     /// Sets the gauges the broker's own sizes give ([`crate::broker::Stats`]): live
@@ -682,7 +691,16 @@ impl Collector for Exposition {
             None,
             MetricType::Counter,
         )?
-        .encode_counter::<NoLabelSet, _, u64>(&v.engine_reconnects.load(Ordering::Relaxed), None)
+        .encode_counter::<NoLabelSet, _, u64>(&v.engine_reconnects.load(Ordering::Relaxed), None)?;
+        counters(
+            &mut e,
+            "halley_relays",
+            "Requests relayed to the cluster node serving their session, by outcome.",
+            "outcome",
+            &[true, false],
+            |answered| if answered { "answered" } else { "failed" },
+            &v.relays,
+        )
     }
 }
 

@@ -665,3 +665,234 @@ async fn redis_the_session_limit_counts_every_node() {
     let refused = &reply[0];
     assert_eq!(refused["error"], "503::server_busy", "{refused}");
 }
+
+/// A node served over HTTP on a free loopback port; its server stops when dropped.
+struct Served {
+    broker: Broker,
+    url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Cluster {
+    /// A node named `id`, served over HTTP.
+    async fn served(&self, id: &str) -> Served {
+        let broker = self.node(id).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        let serving = halley::server::serve(listener, broker.clone(), std::future::pending());
+        let server = tokio::spawn(async move {
+            let _ = serving.await;
+        });
+        Served {
+            broker,
+            url,
+            server,
+        }
+    }
+}
+
+/// Waits until every node knows where every other one is (their heartbeats say).
+async fn wait_for_routes(nodes: &[&Served]) {
+    for _ in 0..100 {
+        let known = nodes.iter().all(|from| {
+            nodes.iter().filter(|to| to.url != from.url).all(|to| {
+                let someone_of_theirs =
+                    format!("{}{}", to.broker.engine().id_tag(), "0".repeat(24));
+                from.broker.engine().locate(&someone_of_theirs).as_deref() == Some(&to.url)
+            })
+        });
+        if known {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the nodes did not learn each other's addresses");
+}
+
+/// An HTTP request to a node, the way a long-polling client sends it: (status, body).
+async fn http(method: &'static str, url: String, body: Option<Value>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = match body {
+            Some(body) => agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+            None => {
+                assert_eq!(method, "GET");
+                agent.get(&url).call()
+            }
+        }
+        .expect("an answer");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a body");
+        (status, text)
+    })
+    .await
+    .expect("the request's task")
+}
+
+/// A long-polling POST of `batch` to `node`: the reply's messages.
+async fn post(node: &Served, batch: Value) -> Vec<Value> {
+    let (status, body) = http("POST", format!("{}/cometd", node.url), Some(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("a JSON reply")
+}
+
+fn relays_answered(node: &Served) -> u64 {
+    let text = node.broker.metrics().encode().expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("halley_relays_total{outcome=\"answered\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Behind round robin, a long-polling client's requests land on every node. Each is
+/// relayed to the node that made the session, over HTTP: the session never moves, and
+/// Redis does no work for it (a claim would cost a script and the session's state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_requests_for_a_session_served_elsewhere_are_relayed_to_its_node() {
+    let cluster = Cluster::redis("relay");
+    let nodes = [
+        cluster.served("a").await,
+        cluster.served("b").await,
+        cluster.served("c").await,
+    ];
+    let [a, b, c] = &nodes;
+    wait_for_routes(&[a, b, c]).await;
+    let reply = post(
+        a,
+        json!([{"channel": "/meta/handshake", "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"]}]),
+    )
+    .await;
+    let client_id = reply[0]["clientId"]
+        .as_str()
+        .expect("a clientId")
+        .to_string();
+    assert!(
+        client_id.starts_with(a.broker.engine().id_tag()),
+        "{client_id}"
+    );
+    let reply = post(
+        b,
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/relay"}]),
+    )
+    .await;
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    let reply = post(
+        c,
+        json!([{"channel": "/meta/connect", "clientId": client_id,
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    )
+    .await;
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    // A connect held through c is answered with what a publish through b brings.
+    let held = {
+        let url = format!("{}/cometd", c.url);
+        let connect = json!([{"channel": "/meta/connect", "clientId": client_id,
+                              "connectionType": "long-polling"}]);
+        tokio::spawn(http("POST", url, Some(connect)))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the connect is held");
+    let reply = post(
+        b,
+        json!([{"channel": "/relay", "clientId": client_id, "data": {"n": 7}}]),
+    )
+    .await;
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held connect is answered")
+        .expect("its task");
+    assert_eq!(status, 200, "{body}");
+    let (numbers, connect) = split(serde_json::from_str(&body).expect("JSON"));
+    assert_eq!(numbers, vec![7]);
+    assert_eq!(connect["successful"], true);
+    // Callback-polling through b: the script is written by b.
+    let message = json!([{"channel": "/meta/connect", "clientId": client_id,
+                          "connectionType": "callback-polling", "advice": {"timeout": 0}}]);
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("jsonp", "cb")
+        .append_pair("message", &message.to_string())
+        .finish();
+    let (status, script) = http("GET", format!("{}/cometd?{query}", b.url), None).await;
+    assert_eq!(status, 200, "{script}");
+    assert!(
+        script.starts_with("/**/cb([") && script.contains(r#""successful":true"#),
+        "{script}"
+    );
+    // The session never moved; b and c relayed everything.
+    let sessions: Vec<usize> = nodes.iter().map(|n| n.broker.stats().sessions).collect();
+    assert_eq!(sessions, vec![1, 0, 0]);
+    assert!(relays_answered(b) >= 3 && relays_answered(c) >= 2);
+    // An unknown session is still told so, by the node it was relayed to.
+    let stranger = format!("{}{}", a.broker.engine().id_tag(), "f".repeat(24));
+    let reply = post(
+        c,
+        json!([{"channel": "/meta/connect", "clientId": stranger,
+                "connectionType": "long-polling"}]),
+    )
+    .await;
+    assert_eq!(reply[0]["error"], "402::session_unknown", "{reply:?}");
+}
+
+/// A session that moved (a socket opened on another node claims it) is followed there by
+/// the node that handed it on; and a node that cannot be reached makes the request fall
+/// back to a claim where it landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_relay_follows_a_moved_session_or_falls_back_to_a_claim() {
+    let cluster = Cluster::redis("follow");
+    let nodes = [
+        cluster.served("a").await,
+        cluster.served("b").await,
+        cluster.served("c").await,
+        cluster.served("d").await,
+    ];
+    let [a, b, c, d] = &nodes;
+    wait_for_routes(&[a, b, c, d]).await;
+    let client_id = handshake(&a.broker, false).await;
+    poll(&c.broker, &client_id).await; // claimed by c, without HTTP
+    let sessions = || {
+        nodes
+            .iter()
+            .map(|n| n.broker.stats().sessions)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sessions(), vec![0, 0, 1, 0]);
+    // b relays to a, which made it; a relays on to c, where it handed it.
+    let reply = post(
+        b,
+        json!([{"channel": "/meta/connect", "clientId": client_id,
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    )
+    .await;
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    assert_eq!(sessions(), vec![0, 0, 1, 0], "nothing moved");
+    assert!(relays_answered(b) == 1 && relays_answered(a) == 1);
+    // d stops answering before any relay went to it (the nodes of this test share one
+    // process, so one pool of connections): b claims a session d made.
+    let made_on_d = handshake(&d.broker, false).await;
+    d.server.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = post(
+        b,
+        json!([{"channel": "/meta/connect", "clientId": made_on_d,
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    )
+    .await;
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    assert_eq!(sessions(), vec![0, 1, 1, 0], "claimed by b");
+}

@@ -18,9 +18,9 @@ use bytes::Bytes;
 use super::extensions::AckState;
 use super::outbox::Wake;
 use super::session::{Identity, Session};
-use super::{Broker, Removal, SessionEvent, read, write};
+use super::{Broker, HANDSHAKE, Removal, SessionEvent, read, write};
 use crate::engine::{Claim, EngineError, Interest, Kick, Publish, SessionHandover};
-use crate::protocol::ChannelName;
+use crate::protocol::{ChannelName, Message};
 
 /// How long a request waits for its session to be claimable before it is answered
 /// `503` (a client then retries).
@@ -75,6 +75,10 @@ impl Drop for InFlight {
         }
     }
 }
+/// The most nodes a request is relayed through: to the node that made its session, then
+/// on to where that node handed it. Past that, the node it reached claims it.
+pub const MAX_RELAY_HOPS: u8 = 2;
+
 /// The pause between two claims of a session that is moving.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -150,6 +154,79 @@ impl Broker {
         }
     }
 
+    /// Where this node is reached by the others (`http://HOST:PORT`), set once by the server
+    /// when it listens: the engine tells the cluster.
+    pub fn advertise(&self, url: &str) {
+        if self.shared.advertised.set(url.into()).is_err() {
+            tracing::warn!(url, "this node's address was set already");
+        }
+    }
+
+    /// Where this node is reached by the others, once the server listens.
+    pub fn advertised_url(&self) -> Option<&str> {
+        self.shared.advertised.get().map(|url| &**url)
+    }
+
+    /// The node to relay a request to (`http://HOST:PORT`), when the batch is one
+    /// session's and another node serves that session as far as this one knows without
+    /// asking the engine: the node it was handed to from here, or else (for a request
+    /// that was not relayed yet) the node that made it. `hops`: how many nodes relayed the
+    /// request already. `None`: it is served here, claimed if need be. Relaying costs
+    /// the engine nothing, where a claim costs a round trip and moves the session's state.
+    pub fn relay_target(&self, batch: &[Message], hops: u8) -> Option<Arc<str>> {
+        let engine = &self.shared.engine;
+        if !engine.shares_sessions() || hops >= MAX_RELAY_HOPS {
+            return None;
+        }
+        let client_id = batch.first()?.client_id.as_deref()?;
+        let one_session = batch.iter().all(|m| {
+            m.client_id.as_deref() == Some(client_id) && m.channel.as_deref() != Some(HANDSHAKE)
+        });
+        if !one_session || read(&self.shared.sessions).contains_key(client_id) {
+            return None;
+        }
+        let now = self.now_ms();
+        let handed_to = {
+            let mut moved = self.shared.moved.lock().unwrap_or_else(|p| p.into_inner());
+            moved.get_mut(client_id).map(|(owner, used)| {
+                *used = now;
+                owner.clone()
+            })
+        };
+        handed_to
+            .and_then(|owner| engine.address_of(&owner))
+            .or_else(|| {
+                if hops == 0 {
+                    engine.locate(client_id)
+                } else {
+                    None
+                }
+            })
+    }
+
+    /// Forgets where sessions were handed to once no request followed them for a while:
+    /// a session's client comes back within `timeout + max_interval`, or its session ends.
+    pub(super) fn prune_moved(&self) {
+        let config = &self.shared.config;
+        let stale = self
+            .now_ms()
+            .saturating_sub(config.timeout + config.max_interval);
+        let mut moved = self.shared.moved.lock().unwrap_or_else(|p| p.into_inner());
+        if !moved.is_empty() {
+            moved.retain(|_, (_, used)| *used > stale);
+        }
+    }
+
+    /// Remembers that session `client_id` went to node `to`, so that requests for it that
+    /// land here follow it (bounded like the sessions themselves).
+    fn remember_moved(&self, client_id: &str, to: &str) {
+        let now = self.now_ms();
+        let mut moved = self.shared.moved.lock().unwrap_or_else(|p| p.into_inner());
+        if moved.len() < self.shared.config.max_sessions || moved.contains_key(client_id) {
+            moved.insert(client_id.into(), (to.into(), now));
+        }
+    }
+
     /// Gives up session `client_id` to node `to`: forgets it here without ending it and
     /// returns its state; or, while a request of the session is being processed here,
     /// promises it for when the last one is done (the engine's `send_handover` then).
@@ -166,6 +243,8 @@ impl Broker {
             }
             if state.in_flight > 0 {
                 state.handover_to = Some(to.into());
+                drop(state);
+                self.remember_moved(client_id, to);
                 return HandOver::Later;
             }
         }
@@ -174,8 +253,11 @@ impl Broker {
         } else {
             Wake::Removed
         };
-        self.release(&session, held)
-            .map_or(HandOver::Absent, |state| HandOver::Now(Box::new(state)))
+        let Some(state) = self.release(&session, held) else {
+            return HandOver::Absent;
+        };
+        self.remember_moved(client_id, to);
+        HandOver::Now(Box::new(state))
     }
 
     /// Forgets session `client_id`, which another node claimed while this one was cut
@@ -260,6 +342,11 @@ impl Broker {
     /// queue is the handed one followed by those of `since` that match its
     /// subscriptions, each once.
     pub fn take_over(&self, handover: SessionHandover, since: &[Publish<'_>]) {
+        self.shared
+            .moved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(handover.client_id.as_str());
         let stale = read(&self.shared.sessions)
             .get(handover.client_id.as_str())
             .cloned();

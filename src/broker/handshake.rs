@@ -159,8 +159,12 @@ impl Broker {
         deadline: u64,
         setup: impl FnOnce(&mut SessionState),
     ) -> Arc<Session> {
-        // 122 random bits (UUID v4) in 32 hex digits, as clientIds have always looked.
-        let client_id: Box<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        // 122 random bits (UUID v4) in 32 hex digits, as clientIds have always looked. In
+        // a cluster the first 8 are the engine's tag for this node (90 random bits left),
+        // so that any node can tell where to relay the session's requests.
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let tag = self.shared.engine.id_tag();
+        let client_id: Box<str> = format!("{tag}{}", &random[tag.len().min(16)..]).into();
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(
             key,

@@ -52,6 +52,7 @@ impl Broker {
     /// removal of sessions whose queue overflowed. Returns how many.
     pub fn sweep(&self) -> usize {
         let overflowed = self.finish_pending_removals();
+        self.prune_moved();
         let now = self.now_ms();
         let expired: Vec<Arc<Session>> = read(&self.shared.sessions)
             .values()

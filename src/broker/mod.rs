@@ -38,13 +38,13 @@ mod tree;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use cluster::HandOver;
 use cluster::InFlight;
+pub use cluster::{HandOver, MAX_RELAY_HOPS};
 pub use lifecycle::ExtendError;
 pub use local::LocalSession;
 pub use policy::{
@@ -223,6 +223,11 @@ struct Shared {
     /// Sessions ended by a queue overflow during a fan-out, with their subscriptions,
     /// whose removal the sweeper finishes.
     pending_removals: Mutex<Vec<PendingRemoval>>,
+    /// Where the other nodes of a cluster reach this one, once the server is listening.
+    advertised: OnceLock<Box<str>>,
+    /// Sessions this node handed to another node, by clientId: their new node and when
+    /// a request last followed them there (the broker's ms clock).
+    moved: Mutex<HashMap<Box<str>, (Box<str>, u64)>>,
 }
 
 /// A handle to the broker. Cheap to clone; all clones share one broker.
@@ -304,6 +309,8 @@ impl Broker {
                 coalescing: coalescing::Coalescing::default(),
                 handshake_bucket: Mutex::new((handshake_tokens, Instant::now())),
                 pending_removals: Mutex::new(Vec::new()),
+                advertised: OnceLock::new(),
+                moved: Mutex::new(HashMap::new()),
             }),
         };
         broker.shared.engine.attach(broker.downgrade());
@@ -540,7 +547,7 @@ impl Broker {
 
     /// Every message of `batch` answered `503::server_unavailable`, a connect with
     /// `retry` advice: the engine cannot reach the cluster now, and the client comes back.
-    fn unavailable(&self, batch: &[Message]) -> ReplyBatch {
+    pub(crate) fn unavailable(&self, batch: &[Message]) -> ReplyBatch {
         let config = &self.shared.config;
         let messages = batch
             .iter()

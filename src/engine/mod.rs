@@ -53,6 +53,12 @@ pub struct NodeStats {
     pub delivered: u64,
     /// Copies its overflow policy dropped.
     pub dropped: u64,
+    /// The run of the node (`<id>/<run>`) that these figures come from.
+    #[serde(default)]
+    pub owner: String,
+    /// Where the other nodes reach it (`http://HOST:PORT`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A publish leaving or entering a node: routed, checked and serialized already.
@@ -231,6 +237,26 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Forgets a session that ended on this node. Does not wait.
     fn end_session(&self, _client_id: &str) {}
+
+    /// What the clientIds of sessions made on this node start with, so that any node can
+    /// tell where a session was made without asking the engine ("" on one node).
+    fn id_tag(&self) -> &str {
+        ""
+    }
+
+    /// The address (`http://HOST:PORT`) of the node that a request for session
+    /// `client_id`, not served here, should be relayed to, from what this node knows
+    /// without a round trip: the node that made the session if it is alive, or else the
+    /// one live node every node picks for it. `None`: this node should serve it itself.
+    fn locate(&self, _client_id: &str) -> Option<Arc<str>> {
+        None
+    }
+
+    /// The address of node run `owner` (as [`NodeStats::owner`]) if it is alive and not
+    /// this one.
+    fn address_of(&self, _owner: &str) -> Option<Arc<str>> {
+        None
+    }
 
     /// Whether every publish comes back to the node it was accepted on, which then fans
     /// it out only when it does ([`Engine::publish`] answers with a confirmation).

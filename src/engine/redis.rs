@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -215,6 +215,18 @@ struct Shared {
     rebuilds: mpsc::Sender<Rebuild>,
     /// Taken by the listening task when the broker is attached.
     rebuilds_rx: Mutex<Option<mpsc::Receiver<Rebuild>>>,
+    /// The live nodes that said where they are, as of the last heartbeat.
+    routes: RwLock<Vec<Route>>,
+}
+
+/// A live node run that can be relayed to.
+struct Route {
+    /// The tag of the clientIds it makes (its run).
+    tag: Box<str>,
+    /// Its run, as session records name it.
+    owner: Box<str>,
+    /// Where it is reached.
+    url: Arc<str>,
 }
 
 /// The keys of the whole cluster and of this node.
@@ -230,6 +242,8 @@ struct NodeKeys {
     control_prefix: String,
     /// What session records name as their node: the node's id and this run's.
     owner: Box<str>,
+    /// This run alone: what clientIds made here start with.
+    tag: Box<str>,
     /// This run's liveness key, and the prefix of all of them.
     alive: String,
     alive_prefix: String,
@@ -308,6 +322,7 @@ impl RedisEngine {
                 waiting: Mutex::new(HashMap::new()),
                 rebuilds,
                 rebuilds_rx: Mutex::new(Some(rebuilds_rx)),
+                routes: RwLock::new(Vec::new()),
             }),
         })
     }
@@ -339,6 +354,7 @@ impl Engine for RedisEngine {
             heartbeat: format!("{bus}:node:{id}"),
             control: format!("{bus}:ctl:{owner}"),
             owner: owner.as_str().into(),
+            tag: run[..8].into(),
             alive: format!("{bus}:alive:{owner}"),
             alive_prefix: format!("{bus}:alive:"),
             control_prefix: format!("{bus}:ctl:"),
@@ -512,6 +528,36 @@ impl Engine for RedisEngine {
                 tracing::debug!(%error, %session, "session record left to expire");
             }
         });
+    }
+
+    fn id_tag(&self) -> &str {
+        self.shared.node.get().map_or("", |keys| &keys.tag)
+    }
+
+    fn locate(&self, client_id: &str) -> Option<Arc<str>> {
+        let own = &self.shared.node.get()?.tag;
+        let routes = self.shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        let maker = client_id.get(..own.len());
+        // The node that made it, or where its state goes once that node is dead: the same
+        // pick on every node that sees the same live nodes (rendezvous hashing).
+        let route = routes
+            .iter()
+            .find(|route| Some(&*route.tag) == maker)
+            .or_else(|| {
+                routes
+                    .iter()
+                    .max_by_key(|route| rendezvous(client_id, &route.tag))
+            })?;
+        (route.tag != *own).then(|| route.url.clone())
+    }
+
+    fn address_of(&self, owner: &str) -> Option<Arc<str>> {
+        let own = &self.shared.node.get()?.owner;
+        let routes = self.shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .iter()
+            .find(|route| *route.owner == *owner && route.owner != *own)
+            .map(|route| route.url.clone())
     }
 
     fn is_ready(&self) -> bool {
@@ -735,6 +781,7 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
         beats += 1;
         let Some(node) = broker.upgrade() else { return };
         let stats = node.stats();
+        let url = node.advertised_url().map(str::to_string);
         drop(node);
         let result = async {
             let keys = shared.keys()?;
@@ -745,6 +792,8 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
                 published: stats.published,
                 delivered: stats.delivered,
                 dropped: stats.dropped,
+                owner: keys.owner.to_string(),
+                url,
             };
             let figures = serde_json::to_string(&figures).unwrap_or_default();
             let mut connection = shared.connect().await?;
@@ -805,7 +854,19 @@ async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Resul
     let keys = shared.keys()?;
     let mut connection = shared.connect().await?;
     // Reading the nodes' figures also forgets the nodes whose heartbeat expired.
-    read_nodes(keys, &mut connection).await?;
+    let nodes = read_nodes(keys, &mut connection).await?;
+    let routes = nodes
+        .into_iter()
+        .filter_map(|node| {
+            let tag = node.owner.rsplit_once('/')?.1.into();
+            Some(Route {
+                tag,
+                owner: node.owner.into(),
+                url: node.url?.into(),
+            })
+        })
+        .collect();
+    *shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
     let every = (keys.session_ttl / 3 / HEARTBEAT.as_millis() as u64).max(1);
     if !beats.is_multiple_of(every) {
         return Ok(());
@@ -829,6 +890,16 @@ async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Resul
         with_timeout(script.query_async::<()>(&mut connection)).await?;
     }
     Ok(())
+}
+
+/// A session's weight for a node, the same on every node: the live node with the
+/// highest weight serves the sessions of a dead one (FNV-1a over both).
+fn rendezvous(client_id: &str, tag: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in client_id.bytes().chain([0]).chain(tag.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// Listens to the cluster's publishes for as long as the broker lives, reconnecting

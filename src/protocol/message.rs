@@ -24,24 +24,34 @@ pub const BAYEUX_VERSION: &str = "1.0";
 ///
 /// Fields this broker does not act on (`version`, `supportedConnectionTypes`, legacy
 /// fields) are accepted and ignored; of `connectionType` only `eventsource` matters.
-#[derive(Debug, Default, Clone, Deserialize)]
+///
+/// It serializes back to what it was read from (less the ignored fields) when a node
+/// relays a request to the node that serves its session.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct Message {
     /// Mandatory in practice; a message without it gets `400::channel_missing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
     /// Session id; absent only on handshakes.
-    #[serde(rename = "clientId")]
+    #[serde(rename = "clientId", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Correlation token, echoed verbatim (string stays string, number stays number).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Box<RawValue>>,
     /// Application payload of a publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Box<RawValue>>,
     /// Extension fields, forwarded untouched on deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ext: Option<Box<RawValue>>,
     /// Opaque timestamp, forwarded untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Box<RawValue>>,
     /// Client advice on connects (transient `timeout`/`interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<Value>,
     /// Pattern(s) of a subscribe or unsubscribe; echoed with its exact shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Value>,
     /// When the broker received the message, ms since the Unix epoch; set for messages
     /// that carry `ext`, for the timesync extension. Never on the wire.
@@ -53,9 +63,20 @@ pub struct Message {
     #[serde(
         rename = "connectionType",
         default,
-        deserialize_with = "is_eventsource"
+        deserialize_with = "is_eventsource",
+        serialize_with = "eventsource_type",
+        skip_serializing_if = "is_false"
     )]
     pub eventsource: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+/// Writes the flag back as the one connection type it stands for.
+fn eventsource_type<S: serde::Serializer>(_: &bool, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("eventsource")
 }
 
 /// Reads `connectionType` as whether it is `"eventsource"`, without allocating, and

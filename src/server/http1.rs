@@ -54,6 +54,8 @@ pub(crate) struct Limits {
     /// The Bayeux path: requests to it may be held, so they are not dispatched for a peer
     /// that already left (see [`peer_gone`]).
     pub held_path: Arc<str>,
+    /// Streams an HTTP/2 connection may have open at once (hyper's default is 200).
+    pub max_streams: u32,
 }
 
 /// Largest request head (request line and headers): hyper's smallest buffer, which the
@@ -1094,6 +1096,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             max_body: 1,
             held_path: Arc::from("/cometd"),
+            max_streams: 1,
         };
         let connection = serve(
             stream,

@@ -152,6 +152,9 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let config = broker.config().clone();
+    if let Ok(local) = listener.local_addr() {
+        broker.advertise(&advertised_url(&config, local));
+    }
     let telemetry = Telemetry::of(&broker);
     let app = app_with(broker.clone(), &telemetry);
     let sweeper = broker.spawn_sweeper();
@@ -177,6 +180,7 @@ pub async fn serve_with(
         write_timeout: Duration::from_millis(config.write_timeout),
         max_body: config.max_body_bytes,
         held_path: Arc::from(config.path.trim_end_matches('/')),
+        max_streams: u32::try_from(config.max_connections).unwrap_or(u32::MAX),
     });
     // Tells every connection to finish; the tracker knows when they all have.
     let stopping = CancellationToken::new();
@@ -267,6 +271,37 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// Where the other nodes of a cluster reach this one: `advertise_url`, or else the
+/// address the server listens on; on all addresses, the one this machine's traffic goes
+/// out from (found by routing a UDP socket, which sends nothing).
+fn advertised_url(config: &Config, local: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.advertise_url {
+        return url.clone();
+    }
+    let mut address = local;
+    if local.ip().is_unspecified() {
+        let outbound = std::net::UdpSocket::bind((local.ip(), 0))
+            .and_then(|socket| {
+                let probe: std::net::IpAddr = if local.is_ipv4() {
+                    std::net::Ipv4Addr::new(192, 0, 2, 1).into()
+                } else {
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into()
+                };
+                socket.connect((probe, 9))?;
+                socket.local_addr()
+            })
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_unspecified());
+        address.set_ip(outbound.unwrap_or(if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        }));
+    }
+    format!("http://{address}")
+}
+
 /// Serves an HTTP/2 connection (prior knowledge, as `curl --http2-prior-knowledge`;
 /// browsers only speak HTTP/2 over TLS, i.e. through a proxy) with hyper's server.
 async fn serve_h2(
@@ -280,6 +315,9 @@ async fn serve_h2(
         .service(app);
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // Another node relays every request of its clients whose sessions are served
+        // here over one connection, held connects included.
+        .max_concurrent_streams(limits.max_streams)
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
     tokio::pin!(connection);
     let ended = tokio::select! {

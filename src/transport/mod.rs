@@ -8,6 +8,7 @@ pub mod callback_polling;
 pub mod cors;
 pub mod eventsource;
 pub mod long_polling;
+pub mod relay;
 pub mod websocket;
 
 use std::future::Future;
@@ -102,9 +103,9 @@ pub fn endpoint(
     let decoding = Box::pin(read_batch(broker.clone(), parts, body, limit, allowed));
     async move {
         let mut response = match decoding.await {
-            Ok((batch, version, cookie, callback)) => {
-                let exchange =
-                    Exchange::run(&broker, batch, version, cookie, callback.is_some()).await;
+            Ok(decoded) => {
+                let callback = decoded.callback.clone();
+                let exchange = Exchange::run(&broker, decoded).await;
                 match callback {
                     Some(callback) => callback_polling::respond(exchange, &callback),
                     None => long_polling::respond(exchange),
@@ -154,7 +155,7 @@ async fn read_batch(
         Ok(body) => decode(parts, &body).map_err(IntoResponse::into_response)?,
         Err(error) => return Err(body_refused(&error)),
     };
-    let transport = match decoded.3 {
+    let transport = match decoded.callback {
         Some(_) => Transport::CallbackPolling,
         None => Transport::LongPolling,
     };
@@ -179,10 +180,19 @@ fn body_refused(error: &axum::Error) -> Response {
     (status, format!("cannot read the request body: {error}\n")).into_response()
 }
 
-/// What a Bayeux request carries once decoded: the batch, the HTTP version, the
-/// `BAYEUX_BROWSER` cookie and, for callback-polling, the callback. `Err` is the answer
-/// to a request that is not one.
-type Decoded = (Vec<Message>, Version, Option<String>, Option<String>);
+/// What a Bayeux request carries once decoded.
+pub(crate) struct Decoded {
+    /// Its messages.
+    pub batch: Vec<Message>,
+    /// Its HTTP version.
+    pub version: Version,
+    /// Its `BAYEUX_BROWSER` cookie.
+    pub cookie: Option<String>,
+    /// The callback of a callback-polling request.
+    pub callback: Option<String>,
+    /// What another node that relayed it says of it.
+    pub relayed: Option<relay::Relayed>,
+}
 
 fn decode(parts: Parts, body: &[u8]) -> Result<Decoded, NotABatch> {
     let Parts {
@@ -193,6 +203,7 @@ fn decode(parts: Parts, body: &[u8]) -> Result<Decoded, NotABatch> {
         ..
     } = parts;
     let cookie = browser_cookie(&headers);
+    let relayed = relay::Relayed::of(&headers);
     let query = uri.query().unwrap_or_default().as_bytes();
     let decoded = match method {
         Method::POST => long_polling::decode_post(&headers, body).map(|batch| (batch, None)),
@@ -206,7 +217,13 @@ fn decode(parts: Parts, body: &[u8]) -> Result<Decoded, NotABatch> {
         _ => return Err(NotABatch::Method),
     };
     match decoded {
-        Ok((batch, callback)) => Ok((batch, version, cookie, callback)),
+        Ok((batch, callback)) => Ok(Decoded {
+            batch,
+            version,
+            cookie,
+            callback,
+            relayed,
+        }),
         Err(error) => Err(NotABatch::Refused(error)),
     }
 }
@@ -240,15 +257,49 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Runs `batch` through the broker for a request with this `BAYEUX_BROWSER` cookie. `connect_only`
-    /// keeps deliveries for connect replies (callback-polling).
-    pub(crate) async fn run(
-        broker: &Broker,
-        batch: Vec<Message>,
-        version: Version,
-        cookie: Option<String>,
-        connect_only: bool,
-    ) -> Exchange {
+    /// Runs a request's batch through the broker, or through the node that serves its
+    /// session (relayed there; see [`relay`]).
+    pub(crate) async fn run(broker: &Broker, request: Decoded) -> Exchange {
+        let Decoded {
+            batch,
+            version,
+            cookie,
+            callback,
+            relayed,
+        } = request;
+        // A relayed request is what the first node received: its transport and version.
+        let connect_only = relayed.map_or(callback.is_some(), |r| r.connect_only);
+        let multiplexed = relayed.map_or(version >= Version::HTTP_2, |r| r.multiplexed);
+        let hops = relayed.map_or(0, |r| r.hops);
+        if let Some(node) = broker.relay_target(&batch, hops) {
+            let onward = relay::Relayed {
+                hops: hops + 1,
+                connect_only,
+                multiplexed,
+            };
+            let sent = relay::send(node, broker.config(), &batch, onward, cookie.as_deref());
+            match Box::pin(sent).await {
+                Ok(outcome) => {
+                    broker.metrics().relayed(true);
+                    return Exchange {
+                        outcome,
+                        set_cookie: None,
+                    };
+                }
+                // Nothing was sent: the session is claimed here instead.
+                Err(error @ relay::RelayError::Unreachable { .. }) => {
+                    tracing::debug!(%error, "serving the request here");
+                }
+                Err(error) => {
+                    broker.metrics().relayed(false);
+                    tracing::warn!(%error, "relayed request unanswered");
+                    return Exchange {
+                        outcome: Outcome::Reply(broker.unavailable(&batch)),
+                        set_cookie: None,
+                    };
+                }
+            }
+        }
         // A browser gets its id with its first handshake.
         let new_browser = cookie.is_none()
             && batch
@@ -256,7 +307,7 @@ impl Exchange {
                 .any(|m| m.channel.as_deref() == Some("/meta/handshake"));
         let ctx = RequestContext {
             browser_id: cookie.or_else(|| new_browser.then(new_browser_id)),
-            multiplexed: version >= Version::HTTP_2,
+            multiplexed,
             connect_only,
             transport: if connect_only {
                 crate::metrics::Transport::CallbackPolling
