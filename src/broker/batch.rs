@@ -10,7 +10,7 @@ use super::session::Session;
 use super::{
     Broker, CONNECT, DISCONNECT, Removal, ReplyBatch, RequestContext, SUBSCRIBE, UNSUBSCRIBE,
 };
-use crate::metrics::{Outcome as MetricOutcome, Refusal};
+use crate::metrics::{Outcome as MetricOutcome, Refusal, Transport};
 use crate::protocol::{Advice, BayeuxError, Message, Reply};
 
 impl Broker {
@@ -74,13 +74,20 @@ impl Broker {
                 let mut state = s.lock();
                 if state.removed.is_none() {
                     let max_bytes = self.shared.config.max_response_bytes;
-                    if !(state.connect_only || ctx.connect_only) {
+                    // In a cluster a connect's reply may be on its way through another
+                    // node while this reply goes straight back: deliveries riding here
+                    // could overtake older ones. Over HTTP they wait for the connect.
+                    let connect_only = state.connect_only
+                        || ctx.connect_only
+                        || (self.shared.engine.shares_sessions()
+                            && matches!(
+                                ctx.transport,
+                                Transport::LongPolling | Transport::CallbackPolling
+                            ));
+                    if !connect_only {
                         self.observe_drain(&state.outbox.queue);
                     }
-                    if state.connect_only
-                        || ctx.connect_only
-                        || !state.outbox.queue.drain_bounded(&mut messages, max_bytes)
-                    {
+                    if connect_only || !state.outbox.queue.drain_bounded(&mut messages, max_bytes) {
                         // What this reply does not carry goes to the session's reader.
                         state.outbox.wake_for_delivery();
                     }

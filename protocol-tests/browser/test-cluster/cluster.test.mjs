@@ -72,6 +72,10 @@ test("dojox.cometd 1.6 through HAProxy (callback-polling) receives a publish mad
         assert.equal(await page.evaluate(() => window.dojoxTest.transport()), "callback-polling");
 
         await page.evaluate(ch => dojox.cometd.publish(ch, {from: "dojo"}), channel);
+        // dojox's publish does not wait for its reply: only the order of each publisher's
+        // messages is guaranteed, so the raw ones start once dojo's own has come back.
+        await until("dojo's own publish at dojo",
+            () => page.evaluate(() => window.dojoxTest.received.length >= 1));
         for (let i = 0; i < c.nodes.length; ++i) {
             const ack = await rawPublish(c.nodeUrl(i), channel, {from: `raw-n${i + 1}`});
             assert.equal(ack?.successful, true, `raw publish on n${i + 1}: ${JSON.stringify(ack)}`);
