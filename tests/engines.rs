@@ -540,9 +540,17 @@ async fn redis_the_demo_chat_presence_is_the_same_on_every_node() {
                         "data": {"room": "lobby", "name": name}}]),
             )
             .await;
+            // In a cluster, deliveries (the service's answer too) ride on connect replies.
+            let delivered = request(
+                &node,
+                json!([{"channel": "/meta/connect", "clientId": client_id,
+                        "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+            )
+            .await;
             let answer = reply
                 .iter()
-                .find(|m| m["id"] == "1")
+                .chain(&delivered)
+                .find(|m| m["id"] == "1" && m["data"].is_object())
                 .cloned()
                 .unwrap_or_default();
             answer["data"]["members"].clone()

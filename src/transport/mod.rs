@@ -104,8 +104,14 @@ pub fn endpoint(
     async move {
         let mut response = match decoding.await {
             Ok(decoded) => {
-                let callback = decoded.callback.clone();
-                let exchange = Exchange::run(&broker, decoded).await;
+                let via = Via::of(&decoded);
+                let Decoded {
+                    batch,
+                    cookie,
+                    callback,
+                    ..
+                } = decoded;
+                let exchange = Exchange::run(&broker, batch, cookie, via).await;
                 match callback {
                     Some(callback) => callback_polling::respond(exchange, &callback),
                     None => long_polling::respond(exchange),
@@ -121,7 +127,8 @@ pub fn endpoint(
 }
 
 /// Reads the body and decodes the request; the body's bytes are gone when it returns.
-/// A CORS preflight is answered here (`allowed`: its origin may call the endpoint).
+/// A CORS preflight is answered here (`allowed`: its origin may call the endpoint), and
+/// so is a request relayed to the node that serves its session.
 async fn read_batch(
     broker: Broker,
     parts: Parts,
@@ -162,6 +169,18 @@ async fn read_batch(
     if !broker.config().transports.contains(&transport) {
         let refused = TransportError::Disabled(transport.connection_type());
         return Err(refused.into_response());
+    }
+    // Relayed from here, the future that holds the request until its answer is this one,
+    // not a parked connect's.
+    let via = Via::of(&decoded);
+    if let Some(node) = broker.relay_target(&decoded.batch, via.hops) {
+        let cookie = decoded.cookie.as_deref();
+        if let Some(exchange) = Exchange::relay(&broker, node, &decoded.batch, via, cookie).await {
+            return Err(match &decoded.callback {
+                Some(callback) => callback_polling::respond(exchange, callback),
+                None => long_polling::respond(exchange),
+            });
+        }
     }
     Ok(decoded)
 }
@@ -249,6 +268,35 @@ impl IntoResponse for NotABatch {
     }
 }
 
+/// How a request came: what the broker needs of its transport, and how many nodes
+/// relayed it. A relayed request comes as what the first node received.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Via {
+    /// Callback-polling: deliveries ride only on connect replies.
+    connect_only: bool,
+    /// HTTP/2 or later.
+    multiplexed: bool,
+    /// Nodes that relayed it.
+    hops: u8,
+}
+
+impl Via {
+    fn of(request: &Decoded) -> Via {
+        match request.relayed {
+            Some(relayed) => Via {
+                connect_only: relayed.connect_only,
+                multiplexed: relayed.multiplexed,
+                hops: relayed.hops,
+            },
+            None => Via {
+                connect_only: request.callback.is_some(),
+                multiplexed: request.version >= Version::HTTP_2,
+                hops: 0,
+            },
+        }
+    }
+}
+
 /// The part of a broker answer a transport envelopes: the messages, or a superseded
 /// connect, plus the cookie to set.
 pub(crate) struct Exchange {
@@ -257,49 +305,19 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Runs a request's batch through the broker, or through the node that serves its
-    /// session (relayed there; see [`relay`]).
-    pub(crate) async fn run(broker: &Broker, request: Decoded) -> Exchange {
-        let Decoded {
-            batch,
-            version,
-            cookie,
-            callback,
-            relayed,
-        } = request;
-        // A relayed request is what the first node received: its transport and version.
-        let connect_only = relayed.map_or(callback.is_some(), |r| r.connect_only);
-        let multiplexed = relayed.map_or(version >= Version::HTTP_2, |r| r.multiplexed);
-        let hops = relayed.map_or(0, |r| r.hops);
-        if let Some(node) = broker.relay_target(&batch, hops) {
-            let onward = relay::Relayed {
-                hops: hops + 1,
-                connect_only,
-                multiplexed,
-            };
-            let sent = relay::send(node, broker.config(), &batch, onward, cookie.as_deref());
-            match Box::pin(sent).await {
-                Ok(outcome) => {
-                    broker.metrics().relayed(true);
-                    return Exchange {
-                        outcome,
-                        set_cookie: None,
-                    };
-                }
-                // Nothing was sent: the session is claimed here instead.
-                Err(error @ relay::RelayError::Unreachable { .. }) => {
-                    tracing::debug!(%error, "serving the request here");
-                }
-                Err(error) => {
-                    broker.metrics().relayed(false);
-                    tracing::warn!(%error, "relayed request unanswered");
-                    return Exchange {
-                        outcome: Outcome::Reply(broker.unavailable(&batch)),
-                        set_cookie: None,
-                    };
-                }
-            }
-        }
+    /// Runs a request's batch through the broker, for a request with this
+    /// `BAYEUX_BROWSER` cookie that came `via` a transport.
+    pub(crate) async fn run(
+        broker: &Broker,
+        batch: Vec<Message>,
+        cookie: Option<String>,
+        via: Via,
+    ) -> Exchange {
+        let Via {
+            connect_only,
+            multiplexed,
+            ..
+        } = via;
         // A browser gets its id with its first handshake.
         let new_browser = cookie.is_none()
             && batch
@@ -327,6 +345,41 @@ impl Exchange {
             outcome,
             set_cookie,
         }
+    }
+
+    /// Relays the batch to `node`, which serves its session. `None`: that node could not
+    /// be reached, so nothing was sent, and the request is served here.
+    async fn relay(
+        broker: &Broker,
+        node: std::sync::Arc<str>,
+        batch: &[Message],
+        via: Via,
+        cookie: Option<&str>,
+    ) -> Option<Exchange> {
+        let onward = relay::Relayed {
+            hops: via.hops + 1,
+            connect_only: via.connect_only,
+            multiplexed: via.multiplexed,
+        };
+        let outcome = match relay::send(node, broker.config(), batch, onward, cookie).await {
+            Ok(outcome) => {
+                broker.metrics().relayed(true);
+                outcome
+            }
+            Err(error @ relay::RelayError::Unreachable { .. }) => {
+                tracing::debug!(%error, "serving the request here");
+                return None;
+            }
+            Err(error) => {
+                broker.metrics().relayed(false);
+                tracing::warn!(%error, "relayed request unanswered");
+                Outcome::Reply(broker.unavailable(batch))
+            }
+        };
+        Some(Exchange {
+            outcome,
+            set_cookie: None,
+        })
     }
 
     /// Writes the reply with `encode` as the body and `content_type`; a superseded connect
