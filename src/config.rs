@@ -339,7 +339,7 @@ impl Default for Config {
             interval: 0,
             delivery_interval: 0,
             coalescing: Coalescing::Adaptive,
-            coalescing_ceiling: 50,
+            coalescing_ceiling: 30,
             max_interval: 10_000,
             sweep_interval: 1_000,
             max_queue: 1_000,
@@ -430,7 +430,7 @@ pub struct Args {
     #[arg(long, env = "HALLEY_COALESCING", value_enum)]
     pub coalescing: Option<Coalescing>,
     /// The most adaptive coalescing delays a busy session's reply, ms; 0 turns it off
-    /// [default: 50].
+    /// [default: 30].
     #[arg(long, env = "HALLEY_COALESCING_CEILING", value_name = "MS")]
     pub coalescing_ceiling: Option<u64>,
     /// How long a session survives without a connect before it expires, ms [default: 10000].
@@ -878,7 +878,7 @@ mod tests {
     fn coalescing_is_adaptive_by_default_and_can_be_turned_off() {
         let config = Config::load(Args::try_parse_from(["halley"]).expect("args")).expect("config");
         assert_eq!(config.coalescing, Coalescing::Adaptive);
-        assert_eq!(config.coalescing_ceiling, 50);
+        assert_eq!(config.coalescing_ceiling, 30);
         let args = Args::try_parse_from(["halley", "--coalescing", "off"]).expect("args");
         assert_eq!(
             Config::load(args).expect("config").coalescing,

@@ -184,6 +184,10 @@ pub enum SessionEvent<'a> {
 
 type SessionListener = Arc<dyn Fn(&SessionEvent<'_>) + Send + Sync>;
 
+/// Where a session handed over from here went (the node run), and when a request last
+/// followed it there (ms on the broker's clock).
+type MovedTo = (Box<str>, u64);
+
 /// A session ended during a fan-out, with the subscriptions its removal must clear.
 type PendingRemoval = (Arc<Session>, std::collections::HashSet<Box<str>>);
 
@@ -227,7 +231,7 @@ struct Shared {
     advertised: OnceLock<Box<str>>,
     /// Sessions this node handed to another node, by clientId: their new node and when
     /// a request last followed them there (the broker's ms clock).
-    moved: Mutex<HashMap<Box<str>, (Box<str>, u64)>>,
+    moved: Mutex<HashMap<Box<str>, MovedTo>>,
 }
 
 /// A handle to the broker. Cheap to clone; all clones share one broker.

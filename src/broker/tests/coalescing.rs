@@ -3,7 +3,7 @@
 //! sessions, batched connects and `timeout: 0` connects behave as without it.
 
 use super::*;
-use crate::broker::coalescing::{CALM_TICKS, Controller, IDLE_TICK, TICK};
+use crate::broker::coalescing::{CALM_TICKS, Controller, IDLE_TICK, Sample, TICK};
 
 const SATURATED: Duration = Duration::from_millis(30);
 const IDLE: Duration = Duration::from_micros(200);
@@ -11,12 +11,20 @@ const IDLE: Duration = Duration::from_micros(200);
 /// Feeds the broker's controller `n` lag samples, as the sampler task does.
 fn feed(broker: &Broker, controller: &mut Controller, lag: Duration, n: u32) {
     for _ in 0..n {
-        broker.shared.coalescing.set(controller.observe(lag));
+        broker
+            .shared
+            .coalescing
+            .set(controller.observe(Sample::lag(lag)));
     }
 }
 
+/// A broker with the ceiling these tests count with (the default is lower).
+fn ceiling_50() -> Broker {
+    broker_with(|c| c.coalescing_ceiling = 50)
+}
+
 fn saturated_broker() -> (Broker, Controller) {
-    let broker = broker();
+    let broker = ceiling_50();
     let mut controller = Controller::new(Duration::from_millis(broker.config().coalescing_ceiling));
     feed(&broker, &mut controller, SATURATED, 10);
     assert_eq!(
@@ -84,7 +92,7 @@ async fn when_the_load_drops_replies_are_immediate_again_within_a_bounded_time()
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_event_loop_turns_it_on_and_calm_turns_it_off() {
-    let broker = broker();
+    let broker = ceiling_50();
     let sampler = broker.spawn_coalescing().expect("adaptive by default");
     settle().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
