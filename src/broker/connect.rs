@@ -457,6 +457,10 @@ impl std::fmt::Debug for PushConnect {
 pub(crate) enum PushWake {
     /// Write these deliveries as a frame of their own; the connect stays held.
     Deliver(Vec<Bytes>),
+    /// Deliveries are queued, but the session received some less than the coalescing
+    /// interval ago: take them ([`PushConnect::deliveries`]) at this instant, in one frame
+    /// with whatever follows meanwhile. The connect stays held.
+    Later(tokio::time::Instant),
     /// Answer the connect now (a connect-only session's deliveries, removal, shutdown).
     Answer,
     /// A newer connection took over: forget the connect, never answer it.
@@ -557,8 +561,10 @@ impl PushConnect {
         self.deadline
     }
 
-    /// Waits until the outbox wakes this connect, and says what to do.
-    pub async fn woken(&self) -> PushWake {
+    /// Waits until the outbox wakes this connect, and says what to do. `spaced`: the
+    /// transport can wait (a timer of its own) when the delivery interval or adaptive
+    /// coalescing asks it to, so that a saturated server writes fewer, fuller frames.
+    pub async fn woken(&self, spaced: bool) -> PushWake {
         match self.session.woken(self.attachment).await {
             Wake::Superseded => {
                 self.broker
@@ -573,16 +579,48 @@ impl PushConnect {
                 if state.connect_only || state.ack.is_some() {
                     return PushWake::Answer;
                 }
-                let max_bytes = self.broker.shared.config.max_response_bytes;
-                self.broker.observe_drain(&state.outbox.queue);
-                let mut out = Vec::new();
-                if !state.outbox.queue.drain_bounded(&mut out, max_bytes) {
-                    // One frame at a time: the rest goes in the next.
-                    state.outbox.wake(Wake::Deliver);
+                if spaced {
+                    let config = &self.broker.shared.config;
+                    let bound = config.delivery_interval.max(config.coalescing_ceiling);
+                    let wait = self.broker.delivery_wait(&state, bound, true);
+                    if !wait.is_zero() {
+                        return PushWake::Later(tokio::time::Instant::now() + wait);
+                    }
                 }
-                PushWake::Deliver(out)
+                PushWake::Deliver(self.take_queued(&mut state))
             }
         }
+    }
+
+    /// What is queued for the session now, for a frame of its own (after
+    /// [`PushWake::Later`]).
+    pub fn deliveries(&self) -> Vec<Bytes> {
+        let mut state = self.session.lock();
+        if state.removed.is_some() || state.connect_only || state.ack.is_some() {
+            return Vec::new();
+        }
+        self.take_queued(&mut state)
+    }
+
+    /// Drains one frame's worth of the queue, noting when for the delivery interval; what
+    /// does not fit wakes the reader again.
+    fn take_queued(&self, state: &mut SessionState) -> Vec<Bytes> {
+        let config = &self.broker.shared.config;
+        self.broker.observe_drain(&state.outbox.queue);
+        let mut out = Vec::new();
+        if !state
+            .outbox
+            .queue
+            .drain_bounded(&mut out, config.max_response_bytes)
+        {
+            // One frame at a time: the rest goes in the next.
+            state.outbox.wake(Wake::Deliver);
+        }
+        let spaced = config.delivery_interval > 0 || config.coalesces_adaptively();
+        if spaced && !out.is_empty() {
+            state.delivered_at = NonZeroU64::new(self.broker.now_us().max(1));
+        }
+        out
     }
 
     /// Answers the connect: the queued deliveries and the reply, with the advice the

@@ -178,7 +178,7 @@ async fn serve(
             };
             timer.as_mut().reset(next);
             let event = tokio::select! {
-                wake = connect.woken() => Event::Woken(wake),
+                wake = connect.woken(false) => Event::Woken(wake),
                 () = &mut timer => Event::Ping,
                 _ = stream.readable() => Event::Readable,
                 () = shutdown.cancelled() => Event::Shutdown,
@@ -191,7 +191,8 @@ async fn serve(
                 Event::Ping => Box::pin(write(&mut stream, deadline, KEEP_ALIVE)).await,
                 Event::Readable if still_open(&stream) => true,
                 // Superseded, the session gone, shutdown, or the client left.
-                Event::Woken(PushWake::Answer | PushWake::Superseded)
+                // (`Later` only when asked for, which the stream does not.)
+                Event::Woken(PushWake::Answer | PushWake::Superseded | PushWake::Later(_))
                 | Event::Readable
                 | Event::Shutdown => false,
             };

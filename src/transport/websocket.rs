@@ -291,6 +291,8 @@ async fn serve(
     let mut held: Option<PushConnect> = None;
     let mut heard = Instant::now();
     let mut next_ping = (!ping.is_zero()).then(|| heard + ping);
+    // When the held connect's queued deliveries go out, while coalescing spaces them.
+    let mut deliver_at: Option<Instant> = None;
     let timer = tokio::time::sleep_until(heard + idle);
     tokio::pin!(timer);
     let end = loop {
@@ -301,10 +303,15 @@ async fn serve(
         if let Some(connect) = &held {
             wake_at = wake_at.min(connect.deadline());
         }
+        if let Some(at) = deliver_at {
+            wake_at = wake_at.min(at);
+        }
         timer.as_mut().reset(wake_at);
+        // While deliveries wait for their time, what is published meanwhile just queues.
+        let waking = held.as_ref().filter(|_| deliver_at.is_none());
         let event = tokio::select! {
             frame = socket.next() => Event::Frame(frame),
-            wake = woken(held.as_ref()) => Event::Woken(wake),
+            wake = woken(waking) => Event::Woken(wake),
             () = &mut timer => Event::Timer,
             () = shutdown.cancelled() => Event::Shutdown,
         };
@@ -327,6 +334,10 @@ async fn serve(
             Event::Woken(PushWake::Deliver(deliveries)) => {
                 Box::pin(send(&mut socket, deadline, json_array(&deliveries))).await
             }
+            Event::Woken(PushWake::Later(at)) => {
+                deliver_at = Some(at);
+                Ok(())
+            }
             Event::Woken(PushWake::Answer) => {
                 Box::pin(answer(&mut socket, deadline, &mut held)).await
             }
@@ -336,7 +347,16 @@ async fn serve(
             }
             Event::Timer => {
                 let now = Instant::now();
-                if held.as_ref().is_some_and(|c| c.deadline() <= now) {
+                if deliver_at.is_some_and(|at| at <= now) {
+                    deliver_at = None;
+                    // No connect held any more: its answer took them.
+                    match held.as_ref().map(PushConnect::deliveries) {
+                        Some(deliveries) if !deliveries.is_empty() => {
+                            Box::pin(send(&mut socket, deadline, json_array(&deliveries))).await
+                        }
+                        _ => Ok(()),
+                    }
+                } else if held.as_ref().is_some_and(|c| c.deadline() <= now) {
                     Box::pin(answer(&mut socket, deadline, &mut held)).await
                 } else if now >= heard + idle {
                     Err(End::Close(CloseCode::Away, "idle timeout"))
@@ -365,7 +385,7 @@ async fn serve(
 /// Waits for the held connect to be woken; never, when none is held.
 async fn woken(held: Option<&PushConnect>) -> PushWake {
     match held {
-        Some(connect) => connect.woken().await,
+        Some(connect) => connect.woken(true).await,
         None => std::future::pending().await,
     }
 }

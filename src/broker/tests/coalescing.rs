@@ -168,3 +168,51 @@ async fn ack_sessions_batched_connects_and_timeout_zero_are_not_delayed() {
     assert_eq!(news(&send(&broker, ack_connect("4", 2)).await), [json!(5)]);
     assert_eq!(started.elapsed(), Duration::ZERO, "ack session");
 }
+
+/// The data of pushed deliveries.
+fn pushed(deliveries: &[bytes::Bytes]) -> Vec<Value> {
+    deliveries
+        .iter()
+        .map(|d| serde_json::from_slice::<Value>(d).expect("JSON")["data"].clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn saturated_a_websocket_gets_fewer_fuller_frames_and_a_quiet_one_waits_for_nothing() {
+    let (broker, _controller) = saturated_broker();
+    let alice = session(&broker).await;
+    let bob = session(&broker).await;
+    subscribe(&broker, &bob, "/news").await;
+    let ctx = RequestContext {
+        transport: crate::metrics::Transport::WebSocket,
+        ..RequestContext::default()
+    };
+    let (_, held) = broker
+        .handle_pushed(messages(connect(&bob, "3")), &ctx)
+        .await;
+    let held = held.expect("the connect is held");
+
+    // Bob had no delivery lately: his first frame goes out at once.
+    publish(&broker, &alice, "/news", json!(1)).await;
+    match held.woken(true).await {
+        PushWake::Deliver(deliveries) => assert_eq!(pushed(&deliveries), [json!(1)]),
+        other => panic!("{other:?}"),
+    }
+    // The next one within the interval waits for it, and takes what follows along.
+    publish(&broker, &alice, "/news", json!(2)).await;
+    let at = match held.woken(true).await {
+        PushWake::Later(at) => at,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(at - Instant::now(), Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish(&broker, &alice, "/news", json!(3)).await;
+    tokio::time::sleep_until(at).await;
+    assert_eq!(pushed(&held.deliveries()), [json!(2), json!(3)]);
+    // A transport that cannot wait (an EventSource stream) is never asked to.
+    publish(&broker, &alice, "/news", json!(4)).await;
+    match held.woken(false).await {
+        PushWake::Deliver(deliveries) => assert_eq!(pushed(&deliveries), [json!(4)]),
+        other => panic!("{other:?}"),
+    }
+}
