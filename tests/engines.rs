@@ -904,3 +904,43 @@ async fn redis_a_relay_follows_a_moved_session_or_falls_back_to_a_claim() {
     assert_eq!(reply[0]["successful"], true, "{reply:?}");
     assert_eq!(sessions(), vec![0, 1, 1, 0], "claimed by b");
 }
+
+/// Sessions that no client comes back for leave nothing behind when their node dies:
+/// the other nodes delete what the dead run still held once its clients had the time to
+/// come back (no record lives on a time to live that needs refreshing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_what_a_dead_node_left_is_deleted_by_the_others() {
+    let cluster = Cluster::redis("reap");
+    let survivor = cluster.node("n2").await;
+    let counted = |cluster: &Cluster| {
+        cluster
+            .server_keys(cluster.prefix())
+            .into_iter()
+            .filter(|k| !k.contains("node:") && !k.contains("alive:"))
+            .collect::<Vec<_>>()
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the survivor's run is known
+    let baseline = counted(&cluster);
+    let dying = cluster.node("n1").await;
+    for ack in [false, true] {
+        let client_id = handshake(&dying, ack).await;
+        poll(&dying, &client_id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        counted(&cluster).len() > baseline.len() + 2,
+        "the sessions wrote keys"
+    );
+    drop(dying); // no more beats
+    // 15 s (10 s of silence allowed to a client, 5 s for the heartbeat), then a beat.
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = counted(&cluster);
+        if left.len() == baseline.len() {
+            break;
+        }
+    }
+    assert_eq!(left, baseline);
+    drop(survivor);
+}

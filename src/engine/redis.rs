@@ -34,9 +34,13 @@
 //! (`<node>/<run>`: a node restarted under the same id is another owner), its control
 //! channel `{bus}:ctl:<node>/<run>` and liveness key `{bus}:alive:<node>/<run>` (both
 //! keys expire five seconds after the node's last beat), and the set of nodes
-//! `{bus}:nodes`; per session `{s:<clientId>}` (the node serving it) and
-//! `{s:<clientId>}:claim` (the claim lock), expiring unless the serving node refreshes
-//! them.
+//! `{bus}:nodes`, every run by its last beat `{bus}:runs` and each run's sessions
+//! `{bus}:owned:<node>/<run>`; the live sessions by expiry `{bus}:sessions` (the session
+//! limit); per session `{s:<clientId>}` (the node serving it, an ack session's checkpoint)
+//! and `{s:<clientId>}:claim` (the claim lock). A session's keys go when it ends, or
+//! with its run: once a run has not beaten for the longest a client may be silent, any
+//! node deletes what it still served ([`REAP_SCRIPT`]). So Redis does no periodic work
+//! per session; a long time to live on the records catches only what both missed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,12 +85,18 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// How long a claim holds its session's lock at most (a claimer that dies holds it no
 /// longer than this).
 const CLAIM_LOCK_MS: u64 = 3_000;
-/// Session records refreshed per script call.
+/// Session records refreshed per script call, and a dead run's records deleted per call.
 const REFRESH_BATCH: usize = 500;
+/// How long a session record lives unrefreshed at least, ms. Records are deleted when
+/// their session ends, or with their dead run ([`REAP_SCRIPT`]); the time to live only
+/// catches what both missed (a delete lost with Redis), so it is long, and refreshing it
+/// (a third of it) costs Redis next to nothing per session.
+const RECORD_TTL_MS: u64 = 3_600_000;
 
 /// Records a session served by this node, unless the cluster holds `max` sessions
-/// already (0: no limit). KEYS: session, the set of live sessions (by expiry). ARGV:
-/// node, time to live (ms), clientId, max. Returns 1, or 0 when full.
+/// already (0: no limit). KEYS: session, the set of live sessions (by expiry), this
+/// run's set of sessions. ARGV: node, time to live (ms), clientId, max. Returns 1, or 0
+/// when full.
 const CREATE_SCRIPT: &str = r#"
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -95,12 +105,14 @@ if tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) t
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ms + ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
 return 1
 "#;
 
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
 /// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId,
-/// `1` when a new connect supersedes the one held there.
+/// `1` when a new connect supersedes the one held there, prefix of the runs' sets of
+/// sessions.
 /// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
 /// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
@@ -111,6 +123,8 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then return 'bus
 local previous = redis.call('HGET', KEYS[1], 'owner')
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if previous then redis.call('SREM', ARGV[8] .. previous, ARGV[6]) end
+redis.call('SADD', ARGV[8] .. ARGV[1], ARGV[6])
 local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
   redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. ARGV[7])
@@ -130,8 +144,9 @@ return 1
 "#;
 
 /// Disconnects a session from the server side: tells its live node, or deletes the
-/// record of a dead node's session. KEYS: session, the set of live sessions. ARGV: liveness key prefix, control
-/// channel prefix, clientId. Returns 0 (unknown), 1 (told) or 2 (deleted).
+/// record of a dead node's session. KEYS: session, the set of live sessions. ARGV:
+/// liveness key prefix, control channel prefix, clientId, prefix of the runs' sets of
+/// sessions. Returns 0 (unknown), 1 (told) or 2 (deleted).
 const KICK_SCRIPT: &str = r#"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return 0 end
@@ -141,6 +156,7 @@ if redis.call('EXISTS', ARGV[1] .. owner) == 1 then
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('SREM', ARGV[4] .. owner, ARGV[3])
 return 2
 "#;
 
@@ -169,14 +185,41 @@ return seq
 "#;
 
 /// A node's beat: its figures under its heartbeat key, its id in the set of nodes, this
-/// run's liveness key, and the probe on its own control channel. KEYS: nodes set, node
-/// key, control channel, liveness key. ARGV: node id, figures (JSON), time to live (ms).
+/// run's liveness key and its time in the set of runs, and the probe on its own control
+/// channel. KEYS: nodes set, node key, control channel, liveness key, runs by last beat.
+/// ARGV: node id, figures (JSON), time to live (ms), run.
 const HEARTBEAT_SCRIPT: &str = r#"
+local now = redis.call('TIME')
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[5], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[4])
 redis.call('PUBLISH', KEYS[3], 'probe')
 return 1
+"#;
+
+/// Deletes what a dead run left: the records of the sessions it still served once no
+/// client came back for them within `grace` of its last beat (a claim meanwhile rebuilt
+/// or ended them), at most `batch` a call, and then the run itself. KEYS: runs by last
+/// beat, the set of live sessions. ARGV: prefix of the runs' sets of sessions, prefix of
+/// session keys, grace (ms), batch. Returns how many sessions it looked at.
+const REAP_SCRIPT: &str = r#"
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms - ARGV[3], 'LIMIT', 0, 1)
+if #dead == 0 then return 0 end
+local run = dead[1]
+local owned = ARGV[1] .. run
+local ids = redis.call('SPOP', owned, ARGV[4])
+for _, id in ipairs(ids) do
+  local session = ARGV[2] .. id .. '}'
+  if redis.call('HGET', session, 'owner') == run then
+    redis.call('DEL', session)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+if redis.call('SCARD', owned) == 0 then redis.call('ZREM', KEYS[1], run) end
+return #ids
 "#;
 
 /// Every live node's figures; forgets nodes whose heartbeat expired. KEYS: nodes set.
@@ -251,6 +294,14 @@ struct NodeKeys {
     session_prefix: String,
     /// How long a session record lives unrefreshed, ms.
     session_ttl: u64,
+    /// How long after a run's last beat what it left is deleted, ms: its sessions' clients
+    /// have come back by then (and their sessions were rebuilt or ended), or never will.
+    grace: u64,
+    /// Every run by its last beat.
+    runs: String,
+    /// What the sets of sessions of each run start with, and this run's.
+    owned_prefix: String,
+    owned: String,
     /// The live sessions of the cluster by expiry time (for the session limit).
     sessions: String,
     /// The cluster's session limit (`max_sessions`).
@@ -338,8 +389,10 @@ impl Engine for RedisEngine {
         let bus = format!("{}{{bus}}", self.shared.prefix);
         let id = node.node_id();
         let config = node.config();
-        // Refreshed every third of it, and never shorter than a session may be silent.
-        let session_ttl = (config.interval + config.max_interval).max(10_000) + NODE_TTL_MS;
+        // A session may be silent for `interval + max_interval`; its node's death is known
+        // `NODE_TTL_MS` after its last beat.
+        let grace = (config.interval + config.max_interval).max(10_000) + NODE_TTL_MS;
+        let session_ttl = RECORD_TTL_MS.max(2 * grace);
         // Sessions belong to this run of the node: one restarted under the same id does
         // not pass for the one that served them.
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -360,6 +413,10 @@ impl Engine for RedisEngine {
             control_prefix: format!("{bus}:ctl:"),
             session_prefix: format!("{}{{s:", self.shared.prefix),
             session_ttl,
+            grace,
+            runs: format!("{bus}:runs"),
+            owned_prefix: format!("{bus}:owned:"),
+            owned: format!("{bus}:owned:{owner}"),
             sessions: format!("{bus}:sessions"),
             max_sessions: config.max_sessions,
         };
@@ -433,9 +490,10 @@ impl Engine for RedisEngine {
             let created = with_timeout(
                 redis::cmd("EVAL")
                     .arg(CREATE_SCRIPT)
-                    .arg(2)
+                    .arg(3)
                     .arg(keys.session(&client_id))
                     .arg(&keys.sessions)
+                    .arg(&keys.owned)
                     .arg(&*keys.owner)
                     .arg(keys.session_ttl)
                     .arg(&client_id)
@@ -496,6 +554,7 @@ impl Engine for RedisEngine {
                     .arg(&keys.alive_prefix)
                     .arg(&keys.control_prefix)
                     .arg(client_id)
+                    .arg(&keys.owned_prefix)
                     .query_async(&mut connection),
             )
             .await?;
@@ -523,6 +582,7 @@ impl Engine for RedisEngine {
             .arg(&keys.sessions)
             .arg(client_id)
             .ignore();
+        delete.cmd("SREM").arg(&keys.owned).arg(client_id).ignore();
         tokio::spawn(async move {
             if let Err(error) = with_timeout(delete.query_async::<()>(&mut connection)).await {
                 tracing::debug!(%error, %session, "session record left to expire");
@@ -636,6 +696,7 @@ impl Shared {
                 .arg(CLAIM_LOCK_MS)
                 .arg(client_id)
                 .arg(if superseding { "1" } else { "0" })
+                .arg(&keys.owned_prefix)
                 .query_async(&mut connection),
         )
         .await;
@@ -675,6 +736,7 @@ impl Shared {
                     .arg(&keys.sessions)
                     .arg(client_id)
                     .ignore();
+                delete.cmd("SREM").arg(&keys.owned).arg(client_id).ignore();
                 let _ = with_timeout(delete.query_async::<()>(&mut connection)).await;
             }
             Ok(Claim::TakenOver | Claim::Busy) => {
@@ -800,14 +862,16 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
             with_timeout(
                 redis::cmd("EVAL")
                     .arg(HEARTBEAT_SCRIPT)
-                    .arg(4)
+                    .arg(5)
                     .arg(&keys.nodes)
                     .arg(&keys.heartbeat)
                     .arg(&keys.control)
                     .arg(&keys.alive)
+                    .arg(&keys.runs)
                     .arg(&*keys.id)
                     .arg(figures)
                     .arg(NODE_TTL_MS)
+                    .arg(&*keys.owner)
                     .query_async::<()>(&mut connection),
             )
             .await
@@ -848,8 +912,9 @@ async fn read_nodes(
         .collect())
 }
 
-/// What a heartbeat does besides beating: pruning the set of nodes, and every third of a
-/// session's time to live, the refresh of this node's session records.
+/// What a heartbeat does besides beating: pruning the set of nodes, deleting what dead
+/// runs left, and every third of a session record's time to live, the refresh of this
+/// node's records.
 async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Result<(), EngineError> {
     let keys = shared.keys()?;
     let mut connection = shared.connect().await?;
@@ -867,6 +932,22 @@ async fn refresh(shared: &Shared, broker: &WeakBroker, beats: &mut u64) -> Resul
         })
         .collect();
     *shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+    let reaped: usize = with_timeout(
+        redis::cmd("EVAL")
+            .arg(REAP_SCRIPT)
+            .arg(2)
+            .arg(&keys.runs)
+            .arg(&keys.sessions)
+            .arg(&keys.owned_prefix)
+            .arg(&keys.session_prefix)
+            .arg(keys.grace)
+            .arg(REFRESH_BATCH)
+            .query_async(&mut connection),
+    )
+    .await?;
+    if reaped > 0 {
+        tracing::debug!(reaped, "sessions of a dead node forgotten");
+    }
     let every = (keys.session_ttl / 3 / HEARTBEAT.as_millis() as u64).max(1);
     if !beats.is_multiple_of(every) {
         return Ok(());
