@@ -922,7 +922,7 @@ async fn redis_what_a_dead_node_left_is_deleted_by_the_others() {
             .server_keys(cluster.prefix())
             .into_iter()
             .filter(|k| !k.contains("node:") && !k.contains("alive:"))
-            .collect::<Vec<_>>()
+            .collect::<std::collections::BTreeSet<_>>()
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await; // the survivor's run is known
     let baseline = counted(&cluster);
@@ -939,7 +939,7 @@ async fn redis_what_a_dead_node_left_is_deleted_by_the_others() {
     drop(dying); // no more beats
     // 15 s (10 s of silence allowed to a client, 5 s for the heartbeat), then a beat; up
     // to 30 s on a busy machine.
-    let mut left = Vec::new();
+    let mut left = std::collections::BTreeSet::new();
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         left = counted(&cluster);

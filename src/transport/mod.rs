@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, Outcome, RequestContext};
 use crate::config::{Config, SameSite, Transport};
 use crate::protocol::{DecodeError, Message, decode_batch};
+use relay::Relayed as Via;
 
 /// The connection types offered in handshake replies: the enabled transports, in the
 /// order clients should prefer them. Clients switch to anything listed, so only what
@@ -104,7 +105,7 @@ pub fn endpoint(
     async move {
         let mut response = match decoding.await {
             Ok(decoded) => {
-                let via = Via::of(&decoded);
+                let via = via(&decoded);
                 let Decoded {
                     batch,
                     cookie,
@@ -172,7 +173,7 @@ async fn read_batch(
     }
     // Relayed from here, the future that holds the request until its answer is this one,
     // not a parked connect's.
-    let via = Via::of(&decoded);
+    let via = via(&decoded);
     if let Some(node) = broker.relay_target(&decoded.batch, via.hops) {
         let cookie = decoded.cookie.as_deref();
         if let Some(exchange) = Exchange::relay(&broker, node, &decoded.batch, via, cookie).await {
@@ -268,33 +269,14 @@ impl IntoResponse for NotABatch {
     }
 }
 
-/// How a request came: what the broker needs of its transport, and how many nodes
-/// relayed it. A relayed request comes as what the first node received.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Via {
-    /// Callback-polling: deliveries ride only on connect replies.
-    connect_only: bool,
-    /// HTTP/2 or later.
-    multiplexed: bool,
-    /// Nodes that relayed it.
-    hops: u8,
-}
-
-impl Via {
-    fn of(request: &Decoded) -> Via {
-        match request.relayed {
-            Some(relayed) => Via {
-                connect_only: relayed.connect_only,
-                multiplexed: relayed.multiplexed,
-                hops: relayed.hops,
-            },
-            None => Via {
-                connect_only: request.callback.is_some(),
-                multiplexed: request.version >= Version::HTTP_2,
-                hops: 0,
-            },
-        }
-    }
+/// How a request came (what the broker needs of its transport, and how many nodes
+/// relayed it): what its relay header says, or else what it is.
+fn via(request: &Decoded) -> Via {
+    request.relayed.unwrap_or(Via {
+        hops: 0,
+        connect_only: request.callback.is_some(),
+        multiplexed: request.version >= Version::HTTP_2,
+    })
 }
 
 /// The part of a broker answer a transport envelopes: the messages, or a superseded
@@ -356,10 +338,9 @@ impl Exchange {
         via: Via,
         cookie: Option<&str>,
     ) -> Option<Exchange> {
-        let onward = relay::Relayed {
+        let onward = Via {
             hops: via.hops + 1,
-            connect_only: via.connect_only,
-            multiplexed: via.multiplexed,
+            ..via
         };
         let outcome = match relay::send(node, broker.config(), batch, onward, cookie).await {
             Ok(outcome) => {

@@ -40,7 +40,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer may take beyond the longest a connect is held.
 const ANSWER_MARGIN: Duration = Duration::from_secs(10);
 
-/// What a relayed request says of the original one.
+/// How a request came, as far as the broker cares: what a relayed request's header says
+/// of the original one (and what a node makes of a request it received itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
     /// How many nodes relayed it so far.
