@@ -875,6 +875,34 @@ mod tests {
     }
 
     #[test]
+    fn an_advertised_url_is_an_http_origin() {
+        for good in [
+            "http://10.0.0.5:8080",
+            "http://halley-1:8080",
+            "http://[::1]:8080",
+        ] {
+            let config = Config {
+                advertise_url: Some(good.into()),
+                ..Config::default()
+            };
+            assert!(config.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "10.0.0.5:8080",
+            "https://a:1",
+            "http://",
+            "http://a:1/cometd",
+            "http://a b",
+        ] {
+            let config = Config {
+                advertise_url: Some(bad.into()),
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn coalescing_is_adaptive_by_default_and_can_be_turned_off() {
         let config = Config::load(Args::try_parse_from(["halley"]).expect("args")).expect("config");
         assert_eq!(config.coalescing, Coalescing::Adaptive);

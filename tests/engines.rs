@@ -763,6 +763,16 @@ async fn post(node: &Served, batch: Value) -> Vec<Value> {
     serde_json::from_str(&body).expect("a JSON reply")
 }
 
+/// A connect that is not held, over HTTP: the reply's messages.
+async fn poll_over_http(node: &Served, client_id: &str) -> Vec<Value> {
+    post(
+        node,
+        json!([{"channel": "/meta/connect", "clientId": client_id,
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    )
+    .await
+}
+
 fn relays_answered(node: &Served) -> u64 {
     let text = node.broker.metrics().encode().expect("metrics");
     text.lines()
@@ -804,12 +814,7 @@ async fn redis_requests_for_a_session_served_elsewhere_are_relayed_to_its_node()
     )
     .await;
     assert_eq!(reply[0]["successful"], true, "{reply:?}");
-    let reply = post(
-        c,
-        json!([{"channel": "/meta/connect", "clientId": client_id,
-                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
-    )
-    .await;
+    let reply = poll_over_http(c, &client_id).await;
     assert_eq!(reply[0]["successful"], true, "{reply:?}");
     // A connect held through c is answered with what a publish through b brings.
     let held = {
@@ -886,12 +891,7 @@ async fn redis_a_relay_follows_a_moved_session_or_falls_back_to_a_claim() {
     };
     assert_eq!(sessions(), vec![0, 0, 1, 0]);
     // b relays to a, which made it; a relays on to c, where it handed it.
-    let reply = post(
-        b,
-        json!([{"channel": "/meta/connect", "clientId": client_id,
-                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
-    )
-    .await;
+    let reply = poll_over_http(b, &client_id).await;
     assert_eq!(reply[0]["successful"], true, "{reply:?}");
     assert_eq!(sessions(), vec![0, 0, 1, 0], "nothing moved");
     assert!(relays_answered(b) == 1 && relays_answered(a) == 1);
@@ -900,12 +900,7 @@ async fn redis_a_relay_follows_a_moved_session_or_falls_back_to_a_claim() {
     let made_on_d = handshake(&d.broker, false).await;
     d.server.abort();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let reply = post(
-        b,
-        json!([{"channel": "/meta/connect", "clientId": made_on_d,
-                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
-    )
-    .await;
+    let reply = poll_over_http(b, &made_on_d).await;
     assert_eq!(reply[0]["successful"], true, "{reply:?}");
     assert_eq!(sessions(), vec![0, 1, 1, 0], "claimed by b");
 }

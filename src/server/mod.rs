@@ -455,3 +455,28 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_advertises_its_listen_address_or_what_it_was_told() {
+        let config = Config::default();
+        let local: SocketAddr = "127.0.0.1:8081".parse().expect("an address");
+        assert_eq!(advertised_url(&config, local), "http://127.0.0.1:8081");
+        // On every address: one the other nodes can reach, never 0.0.0.0.
+        let any: SocketAddr = "0.0.0.0:8081".parse().expect("an address");
+        let url = advertised_url(&config, any);
+        assert!(
+            url.starts_with("http://") && url.ends_with(":8081"),
+            "{url}"
+        );
+        assert!(!url.contains("0.0.0.0"), "{url}");
+        let told = Config {
+            advertise_url: Some("http://halley-1:8080".into()),
+            ..Config::default()
+        };
+        assert_eq!(advertised_url(&told, any), "http://halley-1:8080");
+    }
+}
