@@ -75,6 +75,7 @@ impl Drop for InFlight {
         }
     }
 }
+
 /// The most nodes a request is relayed through: to the node that made its session, then
 /// on to where that node handed it. Past that, the node it reached claims it.
 pub const MAX_RELAY_HOPS: u8 = 2;
