@@ -945,3 +945,35 @@ async fn redis_what_a_dead_node_left_is_deleted_by_the_others() {
     assert_eq!(left, baseline);
     drop(survivor);
 }
+
+/// In a cluster, a delivery over HTTP rides only on a connect reply: a reply that goes
+/// straight back could otherwise overtake an older connect reply still on its way
+/// through the node that relayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_deliveries_over_http_ride_only_on_connect_replies() {
+    let cluster = Cluster::redis("connect-only");
+    let node = cluster.node("n1").await;
+    let client_id = handshake(&node, false).await;
+    poll(&node, &client_id).await;
+    let subscribed = request(
+        &node,
+        json!([{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/x"}]),
+    )
+    .await;
+    assert_eq!(subscribed[0]["successful"], true, "{subscribed:?}");
+    node.publish_message(numbered("/x", 1))
+        .await
+        .expect("published");
+    tokio::time::sleep(Duration::from_millis(300)).await; // queued for the session by now
+    // A publish of the session's own: its reply carries the publish's answer only.
+    let reply = request(
+        &node,
+        json!([{"channel": "/y", "clientId": client_id, "data": {"n": 2}}]),
+    )
+    .await;
+    assert_eq!(reply.len(), 1, "{reply:?}");
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    let (numbers, connect) = poll(&node, &client_id).await;
+    assert_eq!(numbers, vec![1]);
+    assert_eq!(connect["successful"], true);
+}
