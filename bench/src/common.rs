@@ -41,8 +41,21 @@ pub struct Payload {
     pub t: u64,
 }
 
+/// Reads a payload back. Every server here passes `data` through byte for byte or re-serializes it
+/// in key order, so the two numbers are read straight off the front; anything else takes the
+/// general path. (Parsing each delivery twice was a tenth of the load generator's CPU.)
 pub fn parse_payload(data: &RawValue) -> Option<Payload> {
-    serde_json::from_str(data.get()).ok()
+    fn number(text: &str, key: &str) -> Option<(u64, usize)> {
+        let rest = text.strip_prefix(key)?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        Some((rest[..digits].parse().ok()?, key.len() + digits))
+    }
+    let text = data.get();
+    let quick = number(text, r#"{"s":"#).and_then(|(s, used)| {
+        let (t, more) = number(&text[used..], r#","t":"#)?;
+        matches!(text.as_bytes().get(used + more), Some(b',' | b'}')).then_some(Payload { s, t })
+    });
+    quick.or_else(|| serde_json::from_str(text).ok())
 }
 
 /// Polls `/meta/connect` until `stop`, honoring advice (`interval`, `reconnect:
@@ -250,4 +263,25 @@ pub fn shared_target(url: &str) -> Arc<Target> {
         eprintln!("loadgen: {e}");
         std::process::exit(2)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_reads_back_by_either_path() {
+        for size in [0, 50, 200] {
+            let text = payload(12, 3456, size);
+            let raw = RawValue::from_string(text).unwrap();
+            let p = parse_payload(&raw).unwrap();
+            assert_eq!((p.s, p.t), (12, 3456));
+        }
+        let reordered = RawValue::from_string(r#"{"t":5,"p":"x","s":7}"#.into()).unwrap();
+        let p = parse_payload(&reordered).unwrap();
+        assert_eq!((p.s, p.t), (7, 5));
+        let spaced = RawValue::from_string(r#"{"s": 7, "t": 5}"#.into()).unwrap();
+        assert_eq!(parse_payload(&spaced).map(|p| p.s), Some(7));
+        assert!(parse_payload(&RawValue::from_string(r#"{"s":1}"#.into()).unwrap()).is_none());
+    }
 }

@@ -176,26 +176,6 @@ pub async fn fanout(args: FanoutArgs) -> Value {
     let subscribed = ready.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await; // let the connects park
 
-    // The publisher: its own session, polling on a second connection like any client
-    // (over WebSocket: one socket, its connect kept in flight between publishes).
-    let mut publisher = Client::new(target.clone(), source_ip(0, 1), counters.clone());
-    let mut ws_publisher = None;
-    let mut poller_task = None;
-    if args.common.transport == Transport::Websocket {
-        let mut p = WsClient::new(target.clone(), source_ip(0, 1), counters.clone());
-        p.join(&[], 20, &mut |_, _| {}).await;
-        ws_publisher = Some(p);
-    } else {
-        publisher.join(&[], 20).await;
-        let mut poller = publisher.sibling();
-        let mut pstop = stop_rx.clone();
-        poller_task = Some(tokio::spawn(async move {
-            if poller.connect(true).await.is_ok() {
-                poll(&mut poller, &[], &mut pstop, &mut |_, _| {}).await;
-            }
-        }));
-    }
-
     let s = subscribed.max(1) as u64;
     let start = Instant::now();
     let window_start = start + Duration::from_secs_f64(args.warmup);
@@ -219,35 +199,87 @@ pub async fn fanout(args: FanoutArgs) -> Value {
             (first, sample())
         }
     });
-    let (mut seq, mut acked) = (0u64, 0u64);
-    let mut lag_waits = 0u64;
-    while Instant::now() < window_end {
-        let mut count = args.batch as u64;
-        if args.rate > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
-            if due <= seq {
-                tokio::time::sleep(Duration::from_micros((1e6 / args.rate).min(1000.0) as u64))
-                    .await;
-                continue;
-            }
-            count = count.min(due - seq);
-        } else if seq * s > delivered.load(Ordering::Relaxed) + args.max_lag * s {
-            lag_waits += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
+
+    // The publisher: its own session, polling on a second connection like any client
+    // (over WebSocket: one socket, its connect kept in flight between publishes). It runs
+    // on a thread of its own, so that its acks are read as they arrive rather than after
+    // the subscribers' frames queued on the same runtime: ack-paced, its rate is what the
+    // server sustains, not how long the load generator keeps it waiting.
+    let (published_tx, published_rx) = tokio::sync::oneshot::channel();
+    let publisher_thread = std::thread::spawn({
+        let (target, counters, delivered) = (target.clone(), counters.clone(), delivered.clone());
+        let (acked_total, channel, stop_rx) =
+            (acked_total.clone(), channel.clone(), stop_rx.clone());
+        let (transport, rate, batch, max_lag, size) = (
+            args.common.transport,
+            args.rate,
+            args.batch,
+            args.max_lag,
+            args.size,
+        );
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let mut publisher = Client::new(target.clone(), source_ip(0, 1), counters.clone());
+                let mut ws_publisher = None;
+                let mut poller_task = None;
+                if transport == Transport::Websocket {
+                    let mut p = WsClient::new(target.clone(), source_ip(0, 1), counters.clone());
+                    p.join(&[], 20, &mut |_, _| {}).await;
+                    ws_publisher = Some(p);
+                } else {
+                    publisher.join(&[], 20).await;
+                    let mut poller = publisher.sibling();
+                    let mut pstop = stop_rx.clone();
+                    poller_task = Some(tokio::spawn(async move {
+                        if poller.connect(true).await.is_ok() {
+                            poll(&mut poller, &[], &mut pstop, &mut |_, _| {}).await;
+                        }
+                    }));
+                }
+                let (mut seq, mut acked) = (0u64, 0u64);
+                let mut lag_waits = 0u64;
+                while Instant::now() < window_end {
+                    let mut count = batch as u64;
+                    if rate > 0.0 {
+                        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                        if due <= seq {
+                            tokio::time::sleep(Duration::from_micros(
+                                (1e6 / rate).min(1000.0) as u64
+                            ))
+                            .await;
+                            continue;
+                        }
+                        count = count.min(due - seq);
+                    } else if seq * s > delivered.load(Ordering::Relaxed) + max_lag * s {
+                        lag_waits += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let t = now_us();
+                    let batch: Vec<(String, String)> = (0..count)
+                        .map(|k| (channel.clone(), payload(seq + k, t, size)))
+                        .collect();
+                    seq += count;
+                    let n = match ws_publisher.as_mut() {
+                        Some(p) => p.publish(&batch, &mut |_, _| {}).await,
+                        None => publisher.publish(&batch, &mut |_, _| {}).await,
+                    } as u64;
+                    acked += n;
+                    acked_total.fetch_add(n, Ordering::Relaxed);
+                }
+                let _ = published_tx.send((seq, acked, lag_waits));
+                // The long-polling publisher's poller ends with the run.
+                if let Some(task) = poller_task {
+                    let _ = task.await;
+                }
+            });
         }
-        let t = now_us();
-        let batch: Vec<(String, String)> = (0..count)
-            .map(|k| (channel.clone(), payload(seq + k, t, args.size)))
-            .collect();
-        seq += count;
-        let n = match ws_publisher.as_mut() {
-            Some(p) => p.publish(&batch, &mut |_, _| {}).await,
-            None => publisher.publish(&batch, &mut |_, _| {}).await,
-        } as u64;
-        acked += n;
-        acked_total.fetch_add(n, Ordering::Relaxed);
-    }
+    });
+    let (seq, acked, lag_waits) = published_rx.await.unwrap_or((0, 0, 0));
     let ((t0, d0, acked_at_start), (t1, d1, acked_at_end)) = match sampler.await {
         Ok(samples) => samples,
         Err(_) => {
@@ -274,9 +306,7 @@ pub async fn fanout(args: FanoutArgs) -> Value {
             latencies.extend(st.latencies);
         }
     }
-    if let Some(task) = poller_task {
-        let _ = task.await;
-    }
+    let _ = tokio::task::spawn_blocking(move || publisher_thread.join()).await;
     let secs = (t1 - t0).as_secs_f64().max(1e-9);
     json!({
         "workload": "fanout",
