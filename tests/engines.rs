@@ -25,12 +25,18 @@ struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 impl RedisServer {
     fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server started with extra configuration `args`.
+    fn start_with(args: &[&str]) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -42,9 +48,10 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("a data directory");
         let mut server = RedisServer {
-            child: spawn_redis(port, &dir),
+            child: spawn_redis(port, &dir, args),
             port,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.wait_ready();
         server
@@ -60,7 +67,8 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        self.child = spawn_redis(self.port, &self.dir);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn_redis(self.port, &self.dir, &args);
         self.wait_ready();
     }
 
@@ -81,15 +89,38 @@ impl RedisServer {
 
     /// The keys matching `pattern`.
     fn keys(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        self.query(redis::cmd("KEYS").arg(pattern))
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
         let client = redis::Client::open(self.url())?;
         let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        redis::cmd("KEYS").arg(pattern).query(&mut connection)
+        command.query(&mut connection)
+    }
+
+    /// The channels with subscribers matching `pattern`: shard channels or classic ones.
+    fn channels(&self, shard: bool, pattern: &str) -> Vec<String> {
+        let kind = if shard { "SHARDCHANNELS" } else { "CHANNELS" };
+        self.query(redis::cmd("PUBSUB").arg(kind).arg(pattern))
+            .expect("PUBSUB")
+    }
+
+    /// How many times the server ran `command` (`INFO commandstats`).
+    fn calls(&self, command: &str) -> u64 {
+        let info: String = self
+            .query(redis::cmd("INFO").arg("commandstats"))
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
     }
 }
 
 /// Debian's redis-server, or the server `HALLEY_TEST_REDIS_SERVER` names (Valkey's, by
 /// `scripts/valkey-engine-test`).
-fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+fn spawn_redis(port: u16, dir: &std::path::Path, args: &[&str]) -> Child {
     let server =
         std::env::var("HALLEY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     Command::new(server)
@@ -102,6 +133,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
             "",
         ])
         .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(args)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -293,6 +325,64 @@ async fn memory_every_publish_reaches_every_node_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_every_publish_reaches_every_node_once_in_order() {
     every_publish_reaches_every_node_once_in_order(Cluster::redis("order")).await;
+}
+
+/// Sharded pub/sub where the server has it (Redis 7, Valkey): every node `SSUBSCRIBE`s,
+/// and publishes, the probes and the control messages go by `SPUBLISH`. A server without
+/// it (here one whose `SPUBLISH` is renamed away) gets classic pub/sub, and the same
+/// order and exactly-once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pubsub_is_sharded_where_the_server_has_it_and_classic_otherwise() {
+    for (sharded, args) in [
+        (true, &[][..]),
+        (
+            false,
+            &["--rename-command", "SPUBLISH", "SPUBLISH-renamed"][..],
+        ),
+    ] {
+        let cluster = Cluster::Redis(RedisServer::start_with(args), "halley-test:pubsub:".into());
+        let nodes = [cluster.node("n1").await, cluster.node("n2").await];
+        let mut listener = nodes[1].open_local_session(None);
+        listener.subscribe("/orders/*").expect("subscribe");
+        for n in 0..50 {
+            nodes[n % 2]
+                .publish_message(numbered("/orders/new", n as i64))
+                .await
+                .expect("publish");
+        }
+        let expected: Vec<i64> = (0..50).collect();
+        assert_eq!(receive_numbers(&mut listener, 50).await, expected);
+
+        let server = match &cluster {
+            Cluster::Redis(server, _) => server,
+            Cluster::Memory(_) => unreachable!(),
+        };
+        let pattern = format!("{}*", cluster.prefix());
+        let live = format!("{}{{bus}}:live", cluster.prefix());
+        // The channel every node listens on, and each node's control channel.
+        let (listened, unused) = (
+            server.channels(sharded, &pattern),
+            server.channels(!sharded, &pattern),
+        );
+        assert!(
+            listened.contains(&live),
+            "{listened:?} (sharded: {sharded})"
+        );
+        assert_eq!(listened.len(), 3, "{listened:?}");
+        assert!(unused.is_empty(), "{unused:?}");
+        let (used, other) = if sharded {
+            ("spublish", "publish")
+        } else {
+            ("publish", "spublish")
+        };
+        // Publishes and probes run inside scripts, whose commands the server counts too.
+        assert!(server.calls(used) >= 50, "{used}: {}", server.calls(used));
+        assert_eq!(
+            server.calls(other),
+            0,
+            "{other} called (sharded: {sharded})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

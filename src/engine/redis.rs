@@ -2,7 +2,8 @@
 //!
 //! Every publish goes through one Lua script that numbers it (`INCR`), appends it to a
 //! bounded log (a stream trimmed to [`LOG_LENGTH`] entries) and announces it on one
-//! pub/sub channel that every node listens to, the publisher's node too. Each node fans
+//! pub/sub channel that every node listens to, the publisher's node too (sharded pub/sub
+//! where the server has it, see [`Subscription`]). Each node fans
 //! out what it hears to its own sessions, in the log's order, so the Redis work of a
 //! publish is the same whatever the number of subscribers: one script, one stream entry,
 //! one message per node.
@@ -48,8 +49,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -78,6 +79,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// Log entries read per `XRANGE` while catching up.
 const CATCH_UP_BATCH: usize = 1_000;
+/// Pushes the listening connection holds unread at most; past this it is replaced.
+const PUSH_BACKLOG: usize = 65_536;
 /// Recent publishes a node remembers, to complete the state of a session handed to it.
 const RING: usize = 8_192;
 /// How long a claiming node waits for the session's state; then the session is lost.
@@ -112,7 +115,7 @@ return 1
 /// Makes this node serve a session. KEYS: session, its claim lock. ARGV: node, time to
 /// live (ms), liveness key prefix, control channel prefix, lock time (ms), clientId,
 /// `1` when a new connect supersedes the one held there, prefix of the runs' sets of
-/// sessions.
+/// sessions, the publish command ([`Shared::publish_command`]).
 /// Returns `unknown`, `busy`, `moving\n<checkpoint or nothing>` (the serving node was
 /// asked for the state),
 /// `recover\n<checkpoint>` (no live node serves it; rebuild it from its checkpoint and
@@ -127,7 +130,7 @@ if previous then redis.call('SREM', ARGV[8] .. previous, ARGV[6]) end
 redis.call('SADD', ARGV[8] .. ARGV[1], ARGV[6])
 local checkpoint = redis.call('HGET', KEYS[1], 'state')
 if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. previous) == 1 then
-  redis.call('PUBLISH', ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. ARGV[7])
+  redis.call(ARGV[9], ARGV[4] .. previous, 'handover\n' .. ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. ARGV[7])
   return 'moving\n' .. (checkpoint or '')
 end
 if checkpoint then return 'recover\n' .. checkpoint end
@@ -146,12 +149,12 @@ return 1
 /// Disconnects a session from the server side: tells its live node, or deletes the
 /// record of a dead node's session. KEYS: session, the set of live sessions. ARGV:
 /// liveness key prefix, control channel prefix, clientId, prefix of the runs' sets of
-/// sessions. Returns 0 (unknown), 1 (told) or 2 (deleted).
+/// sessions, the publish command. Returns 0 (unknown), 1 (told) or 2 (deleted).
 const KICK_SCRIPT: &str = r#"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return 0 end
 if redis.call('EXISTS', ARGV[1] .. owner) == 1 then
-  redis.call('PUBLISH', ARGV[2] .. owner, 'kick\n' .. ARGV[3])
+  redis.call(ARGV[5], ARGV[2] .. owner, 'kick\n' .. ARGV[3])
   return 1
 end
 redis.call('DEL', KEYS[1])
@@ -175,26 +178,26 @@ return 1
 "#;
 
 /// Numbers a publish, logs it and announces it. KEYS: seq, log, live channel. ARGV:
-/// origin, channel, publisher ("" for none), message, log length.
+/// origin, channel, publisher ("" for none), message, log length, the publish command.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
   'o', ARGV[1], 'c', ARGV[2], 'p', ARGV[3], 'b', ARGV[4])
-redis.call('PUBLISH', KEYS[3], seq .. '\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. ARGV[2] .. '\n' .. ARGV[4])
+redis.call(ARGV[6], KEYS[3], seq .. '\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. ARGV[2] .. '\n' .. ARGV[4])
 return seq
 "#;
 
 /// A node's beat: its figures under its heartbeat key, its id in the set of nodes, this
 /// run's liveness key and its time in the set of runs, and the probe on its own control
 /// channel. KEYS: nodes set, node key, control channel, liveness key, runs by last beat.
-/// ARGV: node id, figures (JSON), time to live (ms), run.
+/// ARGV: node id, figures (JSON), time to live (ms), run, the publish command.
 const HEARTBEAT_SCRIPT: &str = r#"
 local now = redis.call('TIME')
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[5], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[4])
-redis.call('PUBLISH', KEYS[3], 'probe')
+redis.call(ARGV[5], KEYS[3], 'probe')
 return 1
 "#;
 
@@ -240,6 +243,12 @@ pub struct RedisEngine {
 
 struct Shared {
     client: redis::Client,
+    /// The same server over RESP3, for the listening connection: what it hears arrives as
+    /// pushes.
+    resp3: redis::Client,
+    /// The server has sharded pub/sub (Redis 7, Valkey): publishes go by `SPUBLISH` and
+    /// the listening connection `SSUBSCRIBE`s. Found out by each listening connection.
+    sharded: AtomicBool,
     prefix: Box<str>,
     /// This node's keys, known once the broker is attached.
     node: OnceLock<NodeKeys>,
@@ -356,13 +365,21 @@ impl RedisEngine {
     /// An engine for the Redis at `url`, with every key under `prefix`. Nothing is
     /// contacted until the broker attaches it.
     pub fn open(url: &str, prefix: &str) -> Result<RedisEngine, ConfigError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ConfigError::Invalid(format!("engine {url:?}: {e}")))?;
+        let invalid = |e: redis::RedisError| ConfigError::Invalid(format!("engine {url:?}: {e}"));
+        let client = redis::Client::open(url).map_err(invalid)?;
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let resp3 = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
         let (outgoing, outgoing_rx) = mpsc::channel(BACKLOG);
         let (rebuilds, rebuilds_rx) = mpsc::channel(64);
         Ok(RedisEngine {
             shared: Arc::new(Shared {
                 client,
+                resp3,
+                sharded: AtomicBool::new(false),
                 prefix: prefix.into(),
                 node: OnceLock::new(),
                 connection: Mutex::new(None),
@@ -555,6 +572,7 @@ impl Engine for RedisEngine {
                     .arg(&keys.control_prefix)
                     .arg(client_id)
                     .arg(&keys.owned_prefix)
+                    .arg(self.shared.publish_command())
                     .query_async(&mut connection),
             )
             .await?;
@@ -645,6 +663,15 @@ impl Shared {
             .ok_or_else(|| EngineError::Unavailable("the engine is not attached".into()))
     }
 
+    /// `SPUBLISH` where the server has sharded pub/sub, `PUBLISH` otherwise.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded.load(Ordering::Relaxed) {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// The command connection, if Redis was reached once (it reconnects by itself).
     fn connection(&self) -> Result<ConnectionManager, EngineError> {
         self.connection
@@ -697,6 +724,7 @@ impl Shared {
                 .arg(client_id)
                 .arg(if superseding { "1" } else { "0" })
                 .arg(&keys.owned_prefix)
+                .arg(self.publish_command())
                 .query_async(&mut connection),
         )
         .await;
@@ -818,6 +846,7 @@ async fn send_publishes(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoi
                     .arg(&*publish.publisher)
                     .arg(&publish.bytes[..])
                     .arg(LOG_LENGTH)
+                    .arg(shared.publish_command())
                     .ignore();
             }
             with_timeout(pipe.query_async::<()>(&mut connection)).await
@@ -872,6 +901,7 @@ async fn beat(shared: Arc<Shared>, broker: WeakBroker) {
                     .arg(figures)
                     .arg(NODE_TTL_MS)
                     .arg(&*keys.owner)
+                    .arg(shared.publish_command())
                     .query_async::<()>(&mut connection),
             )
             .await
@@ -1015,9 +1045,13 @@ async fn listen_once(
     rebuilds: &mut mpsc::Receiver<Rebuild>,
 ) -> Result<(), EngineError> {
     let keys = shared.keys()?;
-    let mut pubsub = with_timeout(shared.client.get_async_pubsub()).await?;
-    with_timeout(pubsub.subscribe(&[&keys.live, &keys.control])).await?;
     let mut connection = shared.connect().await?;
+    let sharded = has_sharded_pubsub(&mut connection).await;
+    if shared.sharded.swap(sharded, Ordering::Relaxed) != sharded || cursor.is_none() {
+        tracing::info!(sharded, "Redis pub/sub: {}", shared.publish_command());
+    }
+    let mut subscription =
+        Subscription::open(shared, &[&keys.live, &keys.control], sharded).await?;
     let newest: Option<u64> = with_timeout(
         redis::cmd("GET")
             .arg(&keys.seq)
@@ -1039,14 +1073,10 @@ async fn listen_once(
     }
     *cursor = Some(newest);
     shared.listening.store(true, Ordering::Relaxed);
-    let mut messages = pubsub.on_message();
     let mut probe = tokio::time::Instant::now() + PROBE_TIMEOUT;
     loop {
-        let message = tokio::select! {
-            message = messages.next() => match message {
-                Some(message) => message,
-                None => return Err(EngineError::Unavailable("pub/sub connection closed".into())),
-            },
+        let (channel, payload) = tokio::select! {
+            message = subscription.next() => message?,
             Some(rebuild) = rebuilds.recv() => {
                 let last = cursor.unwrap_or(0);
                 let rebuilt = rebuild_session(keys, &mut connection, broker, rebuild.state, last);
@@ -1058,17 +1088,11 @@ async fn listen_once(
             }
         };
         probe = tokio::time::Instant::now() + PROBE_TIMEOUT;
-        if message.get_channel_name() != keys.live {
-            control(
-                shared,
-                broker,
-                message.get_payload_bytes(),
-                cursor.unwrap_or(0),
-                ring,
-            );
+        if channel != keys.live.as_bytes() {
+            control(shared, broker, &payload, cursor.unwrap_or(0), ring);
             continue;
         }
-        let Some(carried) = Carried::parse(message.get_payload_bytes()) else {
+        let Some(carried) = Carried::parse(&payload) else {
             tracing::warn!("unreadable publish on the Redis channel; skipped");
             continue;
         };
@@ -1081,6 +1105,98 @@ async fn listen_once(
         }
         *cursor = Some(carried.seq);
         deliver(broker, carried, ring);
+    }
+}
+
+/// Whether the server has sharded pub/sub (Redis 7, Valkey). One that does not say (an ACL
+/// forbids `COMMAND`) is taken not to.
+async fn has_sharded_pubsub(connection: &mut ConnectionManager) -> bool {
+    let mut info = redis::cmd("COMMAND");
+    info.arg("INFO").arg("SPUBLISH");
+    matches!(with_timeout(info.query_async::<redis::Value>(connection)).await,
+        Ok(redis::Value::Array(entries)) if entries.first().is_some_and(|e| *e != redis::Value::Nil))
+}
+
+/// The listening connection. It speaks RESP3, so what it hears arrives as pushes, on a
+/// bounded channel: a listener that falls [`PUSH_BACKLOG`] behind is replaced, and reads
+/// what it missed from the log. Sharded pub/sub where the server has it: a Redis Cluster
+/// carries a shard channel on the one shard of its slot (every channel here is in
+/// `{bus}`'s) instead of broadcasting it to every node.
+struct Subscription {
+    /// Held so that it stays open; pushes come on `pushes`.
+    _connection: MultiplexedConnection,
+    pushes: mpsc::Receiver<PushInfo>,
+    /// A push found the channel full and was dropped.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    async fn open(
+        shared: &Shared,
+        channels: &[&str],
+        sharded: bool,
+    ) -> Result<Subscription, EngineError> {
+        let (sender, pushes) = mpsc::channel(PUSH_BACKLOG);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_push_sender(move |push: PushInfo| {
+                sender
+                    .try_send(push)
+                    .map_err(|_| flag.store(true, Ordering::Relaxed))
+            });
+        let mut connection = with_timeout(
+            shared
+                .resp3
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
+        if sharded {
+            for channel in channels {
+                // One channel per command: its one confirmation is the command's reply.
+                let subscribe = redis::cmd("SSUBSCRIBE").arg(*channel).clone();
+                with_timeout(subscribe.query_async::<()>(&mut connection)).await?;
+            }
+        } else {
+            with_timeout(connection.subscribe(channels)).await?;
+        }
+        Ok(Subscription {
+            _connection: connection,
+            pushes,
+            overflowed,
+        })
+    }
+
+    /// The next message heard: its channel and payload. Cancel-safe.
+    async fn next(&mut self) -> Result<(Vec<u8>, Vec<u8>), EngineError> {
+        let closed = || EngineError::Unavailable("pub/sub connection closed".into());
+        loop {
+            let push = self.pushes.recv().await.ok_or_else(closed)?;
+            if self.overflowed.load(Ordering::Relaxed) {
+                return Err(EngineError::Unavailable(
+                    "pub/sub listener fell behind".into(),
+                ));
+            }
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    let mut data = push.data.into_iter();
+                    if let (
+                        Some(redis::Value::BulkString(channel)),
+                        Some(redis::Value::BulkString(payload)),
+                    ) = (data.next(), data.next())
+                    {
+                        return Ok((channel, payload));
+                    }
+                }
+                // A Redis Cluster unsubscribes a shard channel whose slot moved away.
+                PushKind::Disconnection | PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                    return Err(closed());
+                }
+                _ => {} // Confirmations.
+            }
+        }
     }
 }
 
@@ -1162,8 +1278,8 @@ fn send_state(shared: &Shared, client_id: &str, to: &str, state: Option<&Session
     };
     let channel = format!("{}{to}", keys.control_prefix);
     let message = format!("handed\n{client_id}\n{state}");
+    let mut publish = redis::cmd(shared.publish_command());
     tokio::spawn(async move {
-        let mut publish = redis::cmd("PUBLISH");
         publish.arg(&channel).arg(message);
         if let Err(error) = with_timeout(publish.query_async::<()>(&mut connection)).await {
             tracing::warn!(%error, "a session's state could not be handed over");
