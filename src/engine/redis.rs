@@ -247,7 +247,8 @@ struct Shared {
     /// pushes.
     resp3: redis::Client,
     /// The server has sharded pub/sub (Redis 7, Valkey): publishes go by `SPUBLISH` and
-    /// the listening connection `SSUBSCRIBE`s. Found out by each listening connection.
+    /// the listening connection `SSUBSCRIBE`s. Found out when the command connection is
+    /// made, and again by each listening connection.
     sharded: AtomicBool,
     prefix: Box<str>,
     /// This node's keys, known once the broker is attached.
@@ -802,11 +803,15 @@ impl Shared {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(RECONNECT_DELAY);
-        let connection = with_timeout(ConnectionManager::new_with_config(
+        let mut connection = with_timeout(ConnectionManager::new_with_config(
             self.client.clone(),
             config,
         ))
         .await?;
+        // Known before anything publishes on this connection (the listening connection
+        // asks again whenever it reconnects, in case Redis was replaced).
+        let sharded = has_sharded_pubsub(&mut connection).await;
+        self.sharded.store(sharded, Ordering::Relaxed);
         *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
         Ok(connection)
     }
@@ -1092,7 +1097,7 @@ async fn listen_once(
             control(shared, broker, &payload, cursor.unwrap_or(0), ring);
             continue;
         }
-        let Some(carried) = Carried::parse(&payload) else {
+        let Some(carried) = Carried::parse(payload) else {
             tracing::warn!("unreadable publish on the Redis channel; skipped");
             continue;
         };
@@ -1432,15 +1437,17 @@ impl Carried {
     }
 
     /// `seq \n origin \n publisher \n channel \n message`, as the publish script sends it
-    /// (channel names and node ids hold no newline).
-    fn parse(payload: &[u8]) -> Option<Carried> {
+    /// (channel names and node ids hold no newline). The message keeps the payload's
+    /// buffer: it is fanned out as it came, without a copy.
+    fn parse(payload: Vec<u8>) -> Option<Carried> {
         let mut parts = payload.splitn(5, |&b| b == b'\n');
         let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
         let text = |part: &[u8]| std::str::from_utf8(part).ok().map(str::to_string);
         let origin = text(parts.next()?)?;
         let publisher = text(parts.next()?)?;
         let channel = text(parts.next()?)?;
-        let bytes = Bytes::copy_from_slice(parts.next()?);
+        let start = payload.len() - parts.next()?.len();
+        let bytes = Bytes::from(payload).slice(start..);
         Some(Carried {
             seq,
             origin,
@@ -1475,14 +1482,15 @@ mod tests {
 
     #[test]
     fn a_carried_publish_reads_back_whole() {
-        let carried = Carried::parse(b"42\nn1\nabc\n/chat/a\n{\"data\":\"x\ny\"}").unwrap();
+        let carried =
+            Carried::parse(b"42\nn1\nabc\n/chat/a\n{\"data\":\"x\ny\"}".to_vec()).unwrap();
         assert_eq!(carried.seq, 42);
         assert_eq!(carried.origin, "n1");
         assert_eq!(carried.publisher, "abc");
         assert_eq!(carried.channel, "/chat/a");
         assert_eq!(&carried.bytes[..], b"{\"data\":\"x\ny\"}");
-        assert!(Carried::parse(b"x\nn1\n\n/a\n{}").is_none());
-        assert!(Carried::parse(b"1\nn1\n/a").is_none());
+        assert!(Carried::parse(b"x\nn1\n\n/a\n{}".to_vec()).is_none());
+        assert!(Carried::parse(b"1\nn1\n/a".to_vec()).is_none());
     }
 
     #[test]
