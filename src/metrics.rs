@@ -270,6 +270,8 @@ struct Values {
     sessions_by_transport: [AtomicI64; Transport::ALL.len()],
     held_connects: AtomicI64,
     open_websockets: AtomicI64,
+    /// Adaptive coalescing's current spacing, µs.
+    coalescing_us: AtomicU64,
     handshakes: [AtomicU64; Outcome::ALL.len()],
     connects: [AtomicU64; Outcome::ALL.len()],
     subscribes: [AtomicU64; Outcome::ALL.len()],
@@ -321,6 +323,7 @@ impl Metrics {
             sessions_by_transport: [const { AtomicI64::new(0) }; Transport::ALL.len()],
             held_connects: AtomicI64::new(0),
             open_websockets: AtomicI64::new(0),
+            coalescing_us: AtomicU64::new(0),
             handshakes: zeroes(),
             connects: zeroes(),
             subscribes: zeroes(),
@@ -412,6 +415,13 @@ impl Metrics {
     /// A WebSocket closed.
     pub fn websocket_closed(&self) {
         self.values.open_websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Adaptive coalescing changed how far apart a busy session's replies are: whether it
+    /// engages is otherwise invisible from outside.
+    pub fn coalescing_interval(&self, interval: std::time::Duration) {
+        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.values.coalescing_us.store(us, Ordering::Relaxed);
     }
 
     /// One round trip to the cluster engine (Redis) took `secs`.
@@ -596,6 +606,13 @@ impl Collector for Exposition {
             "Open WebSocket connections.",
             load(&v.open_websockets),
         )?;
+        e.encode_descriptor(
+            "halley_coalescing_interval_seconds",
+            "Adaptive coalescing's spacing of a busy session's replies now; 0 while the server is not saturated.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(v.coalescing_us.load(Ordering::Relaxed) as f64 / 1e6))?;
         for (name, help, values) in [
             ("halley_handshakes", "Handshakes by outcome.", &v.handshakes),
             (
@@ -721,6 +738,7 @@ mod tests {
         m.delivery_latency(100.0);
         m.queue_depth(7);
         m.session_opened(Transport::LongPolling);
+        m.coalescing_interval(std::time::Duration::from_millis(15));
         let text = m.encode().expect("encodes");
         for line in [
             "halley_handshakes_total{outcome=\"ok\"} 2",
@@ -733,6 +751,7 @@ mod tests {
             "halley_delivery_latency_seconds_count 2",
             "halley_queue_depth_bucket{le=\"10\"} 1",
             "halley_sessions_by_transport{transport=\"long-polling\"} 1",
+            "halley_coalescing_interval_seconds 0.015",
             "halley_build_info{version=",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

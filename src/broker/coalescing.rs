@@ -201,6 +201,7 @@ impl Broker {
                 let interval = controller.observe(Sample { lag, load });
                 if interval != shared.coalescing.interval() {
                     tracing::debug!(?lag, load, ?interval, "coalescing interval changed");
+                    shared.metrics.coalescing_interval(interval);
                 }
                 shared.coalescing.set(interval);
                 let busy = shared.coalescing.take_activity();
