@@ -113,8 +113,17 @@ async fn a_stalled_event_loop_turns_it_on_and_calm_turns_it_off() {
         broker.shared.coalescing.interval(),
         Duration::from_millis(50)
     );
+    // Operators see it too.
+    let gauge = || {
+        let text = broker.metrics().encode().expect("encodes");
+        text.lines()
+            .find_map(|l| l.strip_prefix("halley_coalescing_interval_seconds "))
+            .map(str::to_string)
+    };
+    assert_eq!(gauge().as_deref(), Some("0.05"));
     tokio::time::sleep(TICK * 9 * CALM_TICKS + TICK).await;
     assert_eq!(broker.shared.coalescing.interval(), Duration::ZERO);
+    assert_eq!(gauge().as_deref(), Some("0.0"));
     sampler.abort();
 }
 
